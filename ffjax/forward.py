@@ -1,0 +1,30 @@
+"""``ffjax.forward``: full-sequence logits from a fresh cache (causal for AR models, block-causal for dLLMs)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ffjax import decoder, executables, shapes
+from ffjax.checkpoint import Model
+from ffjax.inputs import as_prompt_batch
+from ffjax.kv_cache import KVCache
+
+
+def _full_logits(config, params, tokens):
+    batch, length = tokens.shape
+    cache = KVCache.create(config, batch, shapes.round_up(length, 16), decoder.params_dtype(params))
+    hidden, _ = decoder.decode(config, params, tokens, cache)
+    return decoder.logits(config, params, hidden)
+
+
+def forward(model: Model, token_ids) -> jax.Array:
+    """Logits [B, T, V] (float32) for token ids [B, T] placed at positions 0..T-1; [T] gives [T, V]."""
+    tokens, was_1d = as_prompt_batch(token_ids, model.config)
+    args = (model.params, jnp.asarray(tokens))
+    exe, _ = executables.get(("forward", model.config, model.dtype, tokens.shape),
+                             jax.jit(functools.partial(_full_logits, model.config)), *args)
+    logits = exe(*args)
+    return logits[0] if was_1d else logits
