@@ -2,10 +2,11 @@
 
 ``prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=None, interpret=False)``: a block
 of queries attends over a KV cache that already holds the block's own keys, with a causal
-(``block_size=None``) or block-causal mask. Until the platform kernels land, every platform runs the
-reference.
+(``block_size=None``) or block-causal mask. ``dispatch`` picks the implementation by platform: the Pallas
+Triton kernel on GPUs (``gpu_triton``, once verified on the device), the Mosaic TPU kernel on TPUs
+(``tpu_mosaic``, interpret-mode tested only), the jnp ``reference`` elsewhere. See README.md here.
 """
 
-from pallas_kernels.reference import prefix_block_attention
+from pallas_kernels.dispatch import BACKENDS, default_backend, prefix_block_attention
 
-__all__ = ["prefix_block_attention"]
+__all__ = ["BACKENDS", "default_backend", "prefix_block_attention"]

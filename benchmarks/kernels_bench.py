@@ -1,0 +1,246 @@
+"""H100 benchmark of prefix-block attention: the Pallas Triton kernel vs the jnp reference under XLA vs cuDNN.
+
+Run on the GPU machine: ``PYTHONPATH=. python3 benchmarks/kernels_bench.py [--quick] [--sweep] [--out DIR]``.
+
+What is measured, per shape (batch 1, bf16, head_dim 128, the block of Tq queries at the end of a context of
+``ctx`` keys: q_start = ctx - Tq, kv_len = ctx = cache length):
+- time per attention call. Each timed dispatch runs the op on several independent input sets in a row (one
+  jit), so launch overhead is amortised and, from 4k keys on, the sets together overflow the 50 MB L2: the K/V
+  come from HBM as they would inside a model. Median over repeats.
+- achieved bytes/s = (visible K+V bytes + Q + O bytes) / time, against the read bandwidth of a large reduction
+  measured in the same run; and the floor max(bytes / bandwidth, flops / measured bf16 matmul rate), because
+  with 6-7 query heads per KV head and Tq >= 32 the tile is as much arithmetic as it is reading.
+- cuDNN (``jax.nn.dot_product_attention(implementation="cudnn")``) cannot express a causal or block-causal mask
+  whose diagonal is offset by q_start; it runs with only the kv_len padding mask, i.e. the whole prefix visible
+  to every query. At Tq << ctx that is the same work to within Tq / ctx.
+Prints a compact table last; writes every number to $OUT/kernels_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels import gpu_triton, reference
+from pallas_kernels.query_rows import visible_key_end
+
+LAYOUTS = {"7b": (28, 4), "1.5b": (12, 2)}  # (query heads, KV heads) of Qwen2.5-7B and -1.5B
+HEAD_DIM = 128
+L2_BYTES = 50 << 20
+
+
+def measure_read_bandwidth(num_bytes=4 << 30):
+    """Bytes/s of a column sum over a random bf16 array much larger than L2 (each byte read once)."""
+    x = jax.random.normal(jax.random.key(0), (num_bytes // 2 // 8192, 8192), jnp.bfloat16)
+    total = jax.jit(lambda a: jnp.sum(a, axis=0, dtype=jnp.float32))
+    seconds = time_dispatches(lambda: total(x), repeats=10)
+    del x
+    return num_bytes / seconds
+
+
+def measure_matmul_rate(n=8192):
+    """bf16 FLOP/s of an n^3 product on random operands."""
+    a = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(2), (n, n), jnp.bfloat16)
+    product = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.bfloat16))
+    return 2 * n ** 3 / time_dispatches(lambda: product(a, b), repeats=10)
+
+
+def time_dispatches(run, repeats=7, min_seconds=0.05):
+    """Median seconds per call of ``run`` (returns device arrays), timed over back-to-back dispatches."""
+    jax.block_until_ready(run())
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    once = time.perf_counter() - start
+    calls = max(1, min(200, math.ceil(min_seconds / max(once, 1e-6))))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = run()
+        jax.block_until_ready(out)
+        samples.append((time.perf_counter() - start) / calls)
+    return float(np.median(samples))
+
+
+def visible_pairs(num_queries, q_start, kv_len, block_size):
+    """Number of (query, key) pairs the mask lets through, for one row and one head."""
+    positions = q_start + np.arange(num_queries)
+    if block_size is None:
+        ends = positions + 1
+    else:
+        ends = (positions // block_size + 1) * block_size
+    return int(np.minimum(ends, kv_len).sum())
+
+
+def make_sets(ctx, num_queries, num_q_heads, num_kv_heads, num_sets, seed):
+    sets = []
+    for i in range(num_sets):
+        kq, kk, kv = jax.random.split(jax.random.key(seed + i), 3)
+        q = jax.random.normal(kq, (1, num_queries, num_q_heads, HEAD_DIM), jnp.bfloat16)
+        k = jax.random.normal(kk, (1, ctx, num_kv_heads, HEAD_DIM), jnp.bfloat16)
+        v = jax.random.normal(kv, (1, ctx, num_kv_heads, HEAD_DIM), jnp.bfloat16)
+        sets.append((q, k, v))
+    return sets
+
+
+def implementations(block_size, config):
+    def pallas(q, k, v, q_start, kv_len):
+        return gpu_triton.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, config=config)
+
+    def xla(q, k, v, q_start, kv_len):
+        return reference.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size)
+
+    def cudnn(q, k, v, q_start, kv_len):
+        del q_start  # see the module docstring: cuDNN gets the padding mask only
+        return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_len, implementation="cudnn")
+
+    impls = {"pallas_triton": pallas, "xla_reference": xla, "cudnn_prefix_only": cudnn}
+    try:  # optional: tokamax's kernels take the exact mask as a per-query key range (k_end)
+        from tokamax._src.ops.attention import api as tokamax_api
+        from tokamax._src.ops.attention import base as tokamax_base
+    except Exception as error:  # noqa: BLE001 - absent or incompatible: skip, say why once
+        implementations.tokamax_error = f"{type(error).__name__}: {error}"[:300]
+        return impls
+
+    def tokamax(name):
+        def run(q, k, v, q_start, kv_len):
+            positions = q_start[:, None] + jnp.arange(q.shape[1], dtype=jnp.int32)
+            k_end = jnp.minimum(visible_key_end(positions, block_size), kv_len[:, None])
+            return tokamax_api.IMPLEMENTATIONS[name](q, k, v, mask=tokamax_base.Mask(k_end=k_end[:, None, :]))
+        return run
+
+    for name in ("mosaic_gpu", "triton"):
+        if name in tokamax_api.IMPLEMENTATIONS:
+            impls[f"tokamax_{name}"] = tokamax(name)
+    return impls
+
+
+def bench_shape(layout, ctx, num_queries, block_size, bandwidth, matmul_rate, impl_names, config, seed=0):
+    num_q_heads, num_kv_heads = LAYOUTS[layout]
+    kv_bytes = 2 * ctx * num_kv_heads * HEAD_DIM * 2
+    num_sets = int(min(16, max(2, math.ceil(2 * L2_BYTES / kv_bytes))))
+    sets = make_sets(ctx, num_queries, num_q_heads, num_kv_heads, num_sets, seed)
+    q_start = jnp.asarray([ctx - num_queries], jnp.int32)
+    kv_len = jnp.asarray([ctx], jnp.int32)
+    pairs = visible_pairs(num_queries, ctx - num_queries, ctx, block_size)
+    flops = 4 * pairs * num_q_heads * HEAD_DIM
+    needed_bytes = kv_bytes + 2 * num_queries * num_q_heads * HEAD_DIM * 2
+    floor = max(needed_bytes / bandwidth, flops / matmul_rate)
+    rows = []
+    impls = implementations(block_size, config)
+    for name in impl_names:
+        op = impls[name]
+        row = dict(impl=name, layout=layout, ctx=ctx, tq=num_queries,
+                   mask="causal" if block_size is None else f"block{block_size}", sets=num_sets,
+                   needed_bytes=needed_bytes, flops=flops, floor_us=floor * 1e6)
+        if name == "pallas_triton":
+            row["config"] = repr(gpu_triton.describe(sets[0][0].shape, sets[0][1].shape, jnp.bfloat16, config))
+        try:
+            many = jax.jit(lambda all_sets, op=op: tuple(op(q, k, v, q_start, kv_len) for q, k, v in all_sets))
+            seconds = time_dispatches(lambda: many(sets)) / num_sets
+            row.update(us=seconds * 1e6, bytes_per_s=needed_bytes / seconds,
+                       pct_read_bw=100 * needed_bytes / seconds / bandwidth,
+                       tflops=flops / seconds / 1e12, pct_of_floor=100 * floor / seconds)
+        except Exception as error:  # an unsupported variant is a result, not a crash
+            row["error"] = f"{type(error).__name__}: {error}"[:500]
+        rows.append(row)
+        print(f"  {name} {layout} ctx={ctx} Tq={num_queries} {row['mask']}: "
+              f"{row['us']:.1f} us" if "us" in row else f"  {name}: {row['error'][:200]}", flush=True)
+    del sets
+    return rows
+
+
+SWEEP_CONFIGS = [
+    gpu_triton.TritonConfig(block_m=64, block_k=64, num_warps=4, num_stages=2),
+    gpu_triton.TritonConfig(block_m=64, block_k=64, num_warps=4, num_stages=3),
+    gpu_triton.TritonConfig(block_m=64, block_k=128, num_warps=4, num_stages=2),
+    gpu_triton.TritonConfig(block_m=64, block_k=32, num_warps=4, num_stages=3),
+    gpu_triton.TritonConfig(block_m=128, block_k=64, num_warps=8, num_stages=2),
+    gpu_triton.TritonConfig(block_m=128, block_k=64, num_warps=8, num_stages=3),
+    gpu_triton.TritonConfig(block_m=128, block_k=128, num_warps=8, num_stages=2),
+    gpu_triton.TritonConfig(block_m=128, block_k=32, num_warps=4, num_stages=3),
+]
+
+
+def table(rows):
+    lines = [f"{'impl':18} {'layout':6} {'ctx':>6} {'Tq':>4} {'mask':8} {'us':>9} {'GB/s':>7} {'%bw':>5} "
+             f"{'TF/s':>6} {'%floor':>6} {'x XLA':>6}"]
+    xla = {(r["layout"], r["ctx"], r["tq"], r["mask"]): r.get("us") for r in rows if r["impl"] == "xla_reference"}
+    for r in rows:
+        if "us" not in r:
+            lines.append(f"{r['impl']:18} {r['layout']:6} {r['ctx']:>6} {r['tq']:>4} {r['mask']:8} "
+                         f"{'error: ' + r['error'][:60]}")
+            continue
+        base = xla.get((r["layout"], r["ctx"], r["tq"], r["mask"]))
+        speedup = f"{base / r['us']:6.2f}" if base else "     -"
+        lines.append(f"{r['impl']:18} {r['layout']:6} {r['ctx']:>6} {r['tq']:>4} {r['mask']:8} {r['us']:9.1f} "
+                     f"{r['bytes_per_s'] / 1e9:7.0f} {r['pct_read_bw']:5.1f} {r['tflops']:6.1f} "
+                     f"{r['pct_of_floor']:6.1f} {speedup}")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--quick", action="store_true", help="32k context only")
+    parser.add_argument("--sweep", action="store_true", help="also time launch configurations at 32k")
+    args = parser.parse_args()
+    print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
+    bandwidth = measure_read_bandwidth()
+    matmul_rate = measure_matmul_rate()
+    print(f"read bandwidth {bandwidth / 1e12:.3f} TB/s, bf16 matmul {matmul_rate / 1e12:.0f} TFLOP/s", flush=True)
+
+    results = dict(jax=jax.__version__, device=jax.devices()[0].device_kind, read_bytes_per_s=bandwidth,
+                   matmul_flops_per_s=matmul_rate, rows=[], sweep=[])
+    sweep_lines = []
+
+    def save():  # after every shape, so a run cut short still leaves its numbers
+        with open(os.path.join(args.out, "kernels_bench.json"), "w") as f:
+            json.dump(results, f, indent=1)
+
+    if args.sweep:
+        for layout, num_queries in (("7b", 128), ("1.5b", 32)):
+            for config in SWEEP_CONFIGS:
+                rows = bench_shape(layout, 32768, num_queries, None, bandwidth, matmul_rate, ["pallas_triton"],
+                                   config)
+                results["sweep"] += rows
+                save()
+                sweep_lines.append(f"sweep {layout} Tq={num_queries} {rows[0].get('config', config)}: "
+                                   f"{rows[0].get('us', float('nan')):.1f} us {rows[0].get('error', '')[:80]}")
+
+    contexts = [32768] if args.quick else [1024, 4096, 16384, 32768]
+    shapes = [(tq, None) for tq in (32, 64, 128)] + [(32, 32)]  # verify blocks (causal), a drafter block
+    for ctx in contexts:
+        for layout in LAYOUTS:
+            for num_queries, block_size in shapes:
+                if args.quick and num_queries == 64:
+                    continue
+                names = ["pallas_triton", "xla_reference", "cudnn_prefix_only"]
+                if ctx >= 16384:  # tokamax where installed; long contexts only, to bound the run
+                    names += [n for n in implementations(None, None) if n.startswith("tokamax_")]
+                try:
+                    results["rows"] += bench_shape(layout, ctx, num_queries, block_size, bandwidth, matmul_rate,
+                                                   names, gpu_triton.TritonConfig())
+                    save()
+                except Exception:
+                    traceback.print_exc(limit=3)
+    results["tokamax"] = getattr(implementations, "tokamax_error", "imported")
+    print("tokamax:", results["tokamax"], flush=True)
+    save()
+    print("\n".join(sweep_lines))
+    print(f"read bandwidth {bandwidth / 1e12:.3f} TB/s, bf16 matmul {matmul_rate / 1e12:.0f} TFLOP/s")
+    print(table(results["rows"]))
+
+
+if __name__ == "__main__":
+    main()

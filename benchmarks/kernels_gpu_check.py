@@ -1,0 +1,115 @@
+"""Correctness of the GPU prefix-block attention kernel on the device, against the jnp reference.
+
+Run on the GPU machine: ``PYTHONPATH=. python3 benchmarks/kernels_gpu_check.py [--out DIR]``. Every case draws
+fresh random inputs, fills the cache past ``kv_len`` with NaN (the kernel must never read it), and compares
+with the reference evaluated in float32 at full matmul precision on the clean cache:
+relative Frobenius error ‖out − ref‖ / ‖ref‖ under 1e-5 for float32 inputs (exact float32 products), under
+1e-2 for bfloat16 (8-bit mantissa: probabilities and outputs are rounded to bf16). Exit status 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels import reference
+from pallas_kernels.gpu_triton import TritonConfig, describe, prefix_block_attention
+
+TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2}
+
+# (batch, Tq, Hq, Hkv, head_dim, cache length, block_size, dtype, q_start per row, kv_len per row)
+CASES = [
+    (1, 32, 28, 4, 128, 4096, None, "bfloat16", [4064], [4096]),
+    (1, 32, 28, 4, 128, 4096, 32, "bfloat16", [4064], [4096]),
+    (1, 128, 28, 4, 128, 8192, None, "bfloat16", [8000], [8128]),
+    (1, 64, 12, 2, 128, 16384, 32, "bfloat16", [16000], [16064]),
+    (3, 37, 12, 2, 128, 1000, None, "bfloat16", [0, 500, 900], [37, 537, 937]),
+    (3, 37, 12, 2, 128, 1000, 32, "bfloat16", [0, 512, 960], [37, 549, 997]),
+    (2, 1, 28, 4, 128, 2048, None, "bfloat16", [100, 2047], [101, 2048]),
+    (2, 9, 7, 1, 64, 777, 8, "bfloat16", [300, 0], [309, 0]),  # second row sees nothing: zeros
+    (2, 100, 6, 1, 64, 3000, 8, "float32", [17, 2800], [117, 2900]),
+    (1, 128, 12, 2, 128, 32768, None, "float32", [32640], [32768]),
+    (2, 48, 12, 2, 128, 4096, 32, "float32", [1000, 3000], [1040, 3048]),  # kv_len inside the last block
+]
+
+# Launch parameters that must all compute the same function (checked on one mid-size case).
+CONFIGS = [
+    TritonConfig(),
+    TritonConfig(block_m=128, block_k=64, num_warps=8),
+    TritonConfig(block_m=64, block_k=128, num_stages=3),
+    TritonConfig(block_m=64, block_k=32, num_splits=1),
+    TritonConfig(block_m=16, block_k=64, num_splits=7),
+]
+
+
+def make_inputs(rng, batch, num_queries, num_q_heads, num_kv_heads, head_dim, num_keys, dtype, kv_len):
+    q = rng.standard_normal((batch, num_queries, num_q_heads, head_dim)).astype(np.float32)
+    k = rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)).astype(np.float32)
+    v = rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)).astype(np.float32)
+    clean_k, clean_v = k.copy(), v.copy()
+    for row, length in enumerate(kv_len):
+        k[row, length:] = np.nan
+        v[row, length:] = np.nan
+        clean_k[row, length:] = 0.0
+        clean_v[row, length:] = 0.0
+    as_dtype = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    return as_dtype(q), as_dtype(k), as_dtype(v), as_dtype(clean_k), as_dtype(clean_v)
+
+
+def check(case, config, rng, interpret=False):
+    batch, num_queries, num_q_heads, num_kv_heads, head_dim, num_keys, block_size, dtype, q_start, kv_len = case
+    q, k, v, clean_k, clean_v = make_inputs(rng, batch, num_queries, num_q_heads, num_kv_heads, head_dim,
+                                            num_keys, dtype, kv_len)
+    q_start, kv_len = jnp.asarray(q_start, jnp.int32), jnp.asarray(kv_len, jnp.int32)
+    out = prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, config=config,
+                                 interpret=interpret)
+    with jax.default_matmul_precision("highest"):
+        up = lambda x: x.astype(jnp.float32)  # noqa: E731
+        ref = reference.prefix_block_attention(up(q), up(clean_k), up(clean_v), q_start, kv_len,
+                                               block_size=block_size)
+    out32 = np.asarray(out.astype(jnp.float32))
+    ref32 = np.asarray(ref)
+    has_nan = bool(np.isnan(out32).any())
+    rel = float(np.linalg.norm(out32 - ref32) / max(np.linalg.norm(ref32), 1e-30))
+    ok = (not has_nan) and rel < TOLERANCE[dtype] and out.dtype == q.dtype and out.shape == q.shape
+    plan = describe(q.shape, k.shape, q.dtype, config)
+    return dict(case=repr(case[:8]), config=repr(plan), rel_error=rel, nan=has_nan, ok=ok)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--interpret", action="store_true", help="dry run of the small cases on CPU")
+    args = parser.parse_args()
+    print("jax", jax.__version__, jax.devices(), flush=True)
+    rng = np.random.default_rng(2024)
+    results = []
+    jobs = [(case, TritonConfig()) for case in CASES]
+    jobs += [(CASES[4], config) for config in CONFIGS[1:]] + [(CASES[8], config) for config in CONFIGS[1:]]
+    if args.interpret:
+        jobs = [(case, config) for case, config in jobs if case[0] * case[1] * case[5] <= 400_000]
+    for case, config in jobs:
+        try:
+            result = check(case, config, rng, args.interpret)
+        except Exception as error:  # report and keep checking the rest
+            traceback.print_exc(limit=3)
+            result = dict(case=repr(case[:8]), config=repr(config), error=f"{type(error).__name__}: {error}"[:2000],
+                          ok=False)
+        results.append(result)
+        print(("PASS " if result["ok"] else "FAIL ") + json.dumps(result), flush=True)
+    with open(os.path.join(args.out, "kernels_gpu_check.json"), "w") as f:
+        json.dump(dict(jax=jax.__version__, device=str(jax.devices()[0]), results=results), f, indent=1)
+    failed = sum(not r["ok"] for r in results)
+    print(f"gpu check: {len(results) - failed}/{len(results)} passed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Picks the prefix-block attention implementation for the platform a call runs on."""
+
+from __future__ import annotations
+
+import jax
+
+from pallas_kernels import reference
+
+# The GPU kernel becomes the default on "gpu" only once it has been checked on the device against the
+# reference (benchmarks/kernels_gpu_check.py); until then GPUs run the reference.
+GPU_KERNEL_VERIFIED = False
+
+BACKENDS = ("reference", "gpu_triton", "tpu_mosaic")
+
+
+def default_backend(platform: str | None = None, *, interpret: bool = False) -> str:
+    """The implementation ``prefix_block_attention`` uses on ``platform`` (default: JAX's default backend).
+
+    ``interpret=True`` asks for a kernel run by the Pallas interpreter: the TPU kernel on "tpu", otherwise
+    the GPU kernel (the one that can be checked against hardware), whatever the platform.
+    """
+    platform = platform or jax.default_backend()
+    if platform == "tpu":
+        return "tpu_mosaic"
+    if interpret:
+        return "gpu_triton"
+    if platform == "gpu" and GPU_KERNEL_VERIFIED:
+        return "gpu_triton"
+    return "reference"
+
+
+def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=None, interpret=False,
+                           backend: str | None = None):
+    """Attention of a block of queries over a KV cache that already holds the block's own keys.
+
+    q [B, Tq, Hq, D]; k, v [B, S, Hkv, D]; q_start, kv_len [B] int32. Key j is visible to query i of row b
+    iff j < kv_len[b] and j <= q_start[b] + i (``block_size=None``, causal) or
+    j // block_size <= (q_start[b] + i) // block_size (block-causal). Softmax in float32, output in q's
+    dtype, zeros for a query that sees no key. ``backend`` forces one of ``BACKENDS``.
+    """
+    backend = backend or default_backend(interpret=interpret)
+    if backend == "reference":
+        return reference.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, scale=scale)
+    if backend == "gpu_triton":
+        from pallas_kernels import gpu_triton  # imported on use: Triton lowering is irrelevant elsewhere
+
+        return gpu_triton.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, scale=scale,
+                                                 interpret=interpret)
+    if backend == "tpu_mosaic":
+        from pallas_kernels import tpu_mosaic
+
+        return tpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, scale=scale,
+                                                 interpret=interpret)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

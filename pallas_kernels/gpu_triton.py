@@ -1,0 +1,218 @@
+"""Prefix-block attention on NVIDIA GPUs: a Pallas kernel lowered through Triton, split over the KV length.
+
+Work decomposition (flash decoding): the grid is (query-row tile, KV split, batch x KV head). Each program
+takes ``block_m`` rows of the grouped queries of one KV head (see ``query_rows``), walks its share of the
+visible keys in ``block_k`` tiles with an online softmax, and writes a normalised partial output plus its
+log-sum-exp. A short XLA reduction then merges the splits. Splitting the keys is what fills 132 SMs when a
+32-row block meets a long cache: without it a 7B layer has only ``Hkv x tiles`` programs.
+
+Masking costs nothing on most tiles: keys below the tile's first query position (and below ``kv_len``) are
+visible to every row, so those tiles run without a mask; keys past the tile's last visible key are never
+loaded. Only the few tiles on the causal / block frontier compute a per-element mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels.query_rows import check_shapes, from_rows, to_rows, visible_key_end
+
+_H100_SM_COUNT = 132
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonConfig:
+    """Launch parameters; ``None`` fields are chosen by ``plan`` from the shapes."""
+
+    block_m: int | None = None  # grouped query rows per program
+    block_k: int | None = None  # keys per inner-loop step
+    num_splits: int | None = None  # programs sharing one (row tile, KV head) along the keys
+    num_warps: int | None = None
+    num_stages: int = 2
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _sm_count() -> int:
+    device = jax.devices()[0]
+    return getattr(device, "core_count", None) or _H100_SM_COUNT
+
+
+def plan(config: TritonConfig, *, batch, num_kv_heads, num_rows, num_keys, head_dim, itemsize,
+         sm_count=_H100_SM_COUNT) -> TritonConfig:
+    """Fills in the launch parameters a config leaves open."""
+    block_m = config.block_m or (64 if num_rows > 32 else max(16, _next_power_of_two(num_rows)))
+    block_k = config.block_k or 64
+    num_warps = config.num_warps or (8 if block_m >= 128 else 4)
+    num_splits = config.num_splits
+    if num_splits is None:
+        programs = pl.cdiv(num_rows, block_m) * batch * num_kv_heads
+        wanted = pl.cdiv(2 * sm_count, programs)  # two waves' worth keeps every SM busy through the tail
+        by_length = max(1, num_keys // (4 * block_k))  # at least four key tiles per program
+        # The float32 partials are written and read once more by the merge: keep them under 1/8 of K+V.
+        kv_bytes = 2 * batch * num_keys * num_kv_heads * head_dim * itemsize
+        partial_bytes = batch * num_kv_heads * num_rows * (head_dim + 1) * 4
+        by_traffic = max(1, kv_bytes // (8 * partial_bytes))
+        num_splits = max(1, min(wanted, by_length, by_traffic))
+    return TritonConfig(block_m=block_m, block_k=block_k, num_splits=num_splits, num_warps=num_warps,
+                        num_stages=config.num_stages)
+
+
+def _kernel(q_start_ref, kv_len_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, block_size, group,
+            num_rows, block_m, block_k, num_splits, precision):
+    tile, split = pl.program_id(0), pl.program_id(1)
+    q_start = q_start_ref[()]
+    kv_len = kv_len_ref[()]
+
+    first_row = tile * block_m
+    rows = first_row + jnp.arange(block_m, dtype=jnp.int32)
+    row_is_real = rows < num_rows
+    row_key_end = jnp.minimum(visible_key_end(q_start + rows // group, block_size), kv_len)
+    last_row = jnp.minimum(first_row + block_m, num_rows) - 1
+    # Keys below all_end are visible to every row of the tile; keys from any_end on, to none.
+    all_end = jnp.maximum(jnp.minimum(visible_key_end(q_start + first_row // group, block_size), kv_len), 0)
+    any_end = jnp.maximum(jnp.minimum(visible_key_end(q_start + last_row // group, block_size), kv_len), 0)
+
+    num_key_tiles = pl.cdiv(any_end, block_k)
+    tiles_per_split = pl.cdiv(num_key_tiles, num_splits)
+    lo = jnp.minimum(split * tiles_per_split, num_key_tiles)
+    hi = jnp.minimum(lo + tiles_per_split, num_key_tiles)
+    mid = jnp.clip(all_end // block_k, lo, hi)  # [lo, mid) unmasked, [mid, hi) on the frontier
+
+    q = plgpu.load(q_ref.at[pl.ds(first_row, block_m), :], mask=row_is_real[:, None], other=0)
+
+    def step(key_tile, carry, *, on_frontier):
+        acc, row_max, row_sum = carry
+        start = key_tile * block_k
+        keys = start + jnp.arange(block_k, dtype=jnp.int32)
+        if on_frontier:
+            # Rows past any_end may hold stale or uninitialised cache entries: never load them.
+            loadable = (keys < any_end)[:, None]
+            k = plgpu.load(k_ref.at[pl.ds(start, block_k), :], mask=loadable, other=0)
+            v = plgpu.load(v_ref.at[pl.ds(start, block_k), :], mask=loadable, other=0)
+        else:
+            k = k_ref[pl.ds(start, block_k), :]
+            v = v_ref[pl.ds(start, block_k), :]
+        scores = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
+                                 preferred_element_type=jnp.float32) * scale
+        if on_frontier:
+            scores = jnp.where(keys[None, :] < row_key_end[:, None], scores, -jnp.inf)
+        new_max = jnp.maximum(row_max, jnp.max(scores, axis=1))
+        if on_frontier:  # a row may have seen nothing yet: keep exp() away from (-inf) - (-inf)
+            new_max_safe = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+        else:
+            new_max_safe = new_max
+        correction = jnp.exp(row_max - new_max_safe)
+        probs = jnp.exp(scores - new_max_safe[:, None])
+        row_sum = row_sum * correction + jnp.sum(probs, axis=1)
+        acc = acc * correction[:, None] + lax.dot_general(
+            probs.astype(v.dtype), v, (((1,), (0,)), ((), ())), precision=precision,
+            preferred_element_type=jnp.float32)
+        return acc, new_max, row_sum
+
+    head_dim = q_ref.shape[-1]
+    carry = (jnp.zeros((block_m, head_dim), jnp.float32),
+             jnp.full((block_m,), -jnp.inf, jnp.float32),
+             jnp.zeros((block_m,), jnp.float32))
+    carry = lax.fori_loop(lo, mid, functools.partial(step, on_frontier=False), carry)
+    acc, row_max, row_sum = lax.fori_loop(mid, hi, functools.partial(step, on_frontier=True), carry)
+
+    seen_any = row_sum > 0.0
+    out = acc / jnp.where(seen_any, row_sum, 1.0)[:, None]
+    lse = jnp.where(seen_any, row_max + jnp.log(jnp.where(seen_any, row_sum, 1.0)), -jnp.inf)
+    plgpu.store(o_ref.at[pl.ds(first_row, block_m), :], out.astype(o_ref.dtype), mask=row_is_real[:, None])
+    plgpu.store(lse_ref.at[pl.ds(first_row, block_m)], lse, mask=row_is_real)
+
+
+def merge_splits(partial_out, partial_lse):
+    """Softmax-weighted merge of per-split results: [B, Hkv, splits, R, D], [B, Hkv, splits, R] -> [B, Hkv, R, D].
+
+    Splits that saw no key carry lse = -inf and weigh nothing; a row no split saw comes out as zeros.
+    """
+    top = jnp.max(partial_lse, axis=2, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    weights = jnp.exp(partial_lse - top)
+    total = jnp.sum(weights, axis=2)
+    merged = jnp.sum(weights[..., None] * partial_out, axis=2)
+    return merged / jnp.where(total > 0.0, total, 1.0)[..., None]
+
+
+@functools.partial(jax.jit, static_argnames=("block_size", "scale", "interpret", "config"))
+def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=None, interpret=False,
+                           config: TritonConfig = TritonConfig()):
+    """Same contract as ``pallas_kernels.reference.prefix_block_attention``; runs the Triton kernel."""
+    check_shapes(q, k, v, q_start, kv_len)
+    batch, num_queries, num_q_heads, head_dim = q.shape
+    num_keys, num_kv_heads = k.shape[1], k.shape[2]
+    if head_dim & (head_dim - 1) or head_dim < 16:
+        raise ValueError(f"the Triton kernel needs a power-of-two head_dim >= 16, got {head_dim}")
+    group = num_q_heads // num_kv_heads
+    num_rows = num_queries * group
+    scale = head_dim ** -0.5 if scale is None else scale
+    cfg = plan(config, batch=batch, num_kv_heads=num_kv_heads, num_rows=num_rows, num_keys=num_keys,
+               head_dim=head_dim, itemsize=k.dtype.itemsize,
+               sm_count=_H100_SM_COUNT if interpret else _sm_count())
+    num_tiles = pl.cdiv(num_rows, cfg.block_m)
+    # Only float32 inputs ask for exact float32 products; Triton would use tf32 by default.
+    precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
+    partial_dtype = q.dtype if cfg.num_splits == 1 else jnp.float32
+
+    q_rows = to_rows(q, num_kv_heads)
+    if num_keys < cfg.block_k:  # a cache shorter than one key tile (tests): pad it rather than special-case
+        padding = ((0, 0), (0, cfg.block_k - num_keys), (0, 0), (0, 0))
+        k, v = jnp.pad(k, padding), jnp.pad(v, padding)
+    batch_of = lambda bh: bh // num_kv_heads  # noqa: E731
+    head_of = lambda bh: bh % num_kv_heads  # noqa: E731
+    kernel = functools.partial(_kernel, scale=scale, block_size=block_size, group=group, num_rows=num_rows,
+                               block_m=cfg.block_m, block_k=cfg.block_k, num_splits=cfg.num_splits,
+                               precision=precision)
+    partial_out, partial_lse = pl.pallas_call(
+        kernel,
+        grid=(num_tiles, cfg.num_splits, batch * num_kv_heads),  # row tiles vary fastest: they share K/V in L2
+        in_specs=[
+            pl.BlockSpec((None,), lambda t, s, bh: (batch_of(bh),)),
+            pl.BlockSpec((None,), lambda t, s, bh: (batch_of(bh),)),
+            pl.BlockSpec((None, None, num_rows, head_dim), lambda t, s, bh: (batch_of(bh), head_of(bh), 0, 0)),
+            pl.BlockSpec((None, k.shape[1], None, head_dim), lambda t, s, bh: (batch_of(bh), 0, head_of(bh), 0)),
+            pl.BlockSpec((None, k.shape[1], None, head_dim), lambda t, s, bh: (batch_of(bh), 0, head_of(bh), 0)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, None, None, num_rows, head_dim),
+                         lambda t, s, bh: (batch_of(bh), head_of(bh), s, 0, 0)),
+            pl.BlockSpec((None, None, None, num_rows), lambda t, s, bh: (batch_of(bh), head_of(bh), s, 0)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((batch, num_kv_heads, cfg.num_splits, num_rows, head_dim), partial_dtype),
+            jax.ShapeDtypeStruct((batch, num_kv_heads, cfg.num_splits, num_rows), jnp.float32),
+        ],
+        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+        interpret=interpret,
+        name="prefix_block_attention",
+    )(jnp.asarray(q_start, jnp.int32), jnp.minimum(jnp.asarray(kv_len, jnp.int32), num_keys), q_rows, k, v)
+
+    if cfg.num_splits == 1:
+        out_rows = partial_out[:, :, 0]
+    else:
+        out_rows = merge_splits(partial_out, partial_lse)
+    return from_rows(out_rows, num_queries).astype(q.dtype)
+
+
+def describe(q_shape, k_shape, dtype, config: TritonConfig = TritonConfig()) -> TritonConfig:
+    """The launch parameters ``prefix_block_attention`` would use for these shapes (for benchmarks)."""
+    batch, num_queries, num_q_heads, head_dim = q_shape
+    num_keys, num_kv_heads = k_shape[1], k_shape[2]
+    return plan(config, batch=batch, num_kv_heads=num_kv_heads,
+                num_rows=num_queries * (num_q_heads // num_kv_heads), num_keys=num_keys, head_dim=head_dim,
+                itemsize=jnp.dtype(dtype).itemsize, sm_count=_sm_count())
+
+
+__all__ = ["TritonConfig", "prefix_block_attention", "merge_splits", "plan", "describe"]
