@@ -115,7 +115,7 @@ def generate(logits_fn, prompt, max_new_tokens: int, *, bd_size: int, small_bloc
 
 
 def make_tiny_dllm(directory: str, *, bd_size: int, mask_token_id: int, seed: int = 1, confidence: float = 25.0,
-                   **config_overrides):
+                   prepare=None, **config_overrides):
     """(ffjax.Model, torch model): a tiny random Qwen2 saved as a Fast_dLLM_Qwen checkpoint and converted.
 
     ``confidence`` scales the final norm so the softmax is peaked: with the defaults, thresholds 0.05 / 0.3 / 0.9
@@ -125,6 +125,9 @@ def make_tiny_dllm(directory: str, *, bd_size: int, mask_token_id: int, seed: in
     from checkpoints_convert import convert
 
     hf_model = tiny_models.build(tiny_models.qwen2_config(**config_overrides), seed=seed, confidence=confidence)
+    if prepare is not None:  # edits the torch weights before they are saved
+        with torch.no_grad():
+            prepare(hf_model)
     hf_dir = tiny_models.save(hf_model, os.path.join(directory, "hf"))
     with open(os.path.join(hf_dir, "config.json")) as f:
         hf_config = json.load(f)
