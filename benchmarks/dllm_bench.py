@@ -1,0 +1,126 @@
+"""Fast-dLLM v2 drafter cost (issue 3's benchmark).
+
+    python benchmarks/dllm_bench.py [--context 1024] [--new 256] [--checkpoint DIR]   # GPU, Fast_dLLM_v2_1.5B shape
+    python benchmarks/dllm_bench.py --tiny                                            # CPU smoke run
+
+At the Fast_dLLM_v2_1.5B shape (Qwen2.5-1.5B, bd_size 32, bf16, random weights made by
+``decoder.init_params`` under jit):
+* the latency of one forward of a 32-token block over a ``context``-token cache: the bare forward (decoder +
+  logits) and a full drafter pass (``drafter.advance``: forward, confidences, unmasking), against the HBM limit
+  (weight bytes + KV bytes ÷ the read bandwidth measured in the same run);
+* ``dllm_generate`` forward passes per generated token at thresholds 0.9 and 0.05 (random weights have flat
+  softmaxes, so expect ~1 pass per token plus one commit per block; ``--checkpoint`` measures a converted model).
+Prints a table; writes dllm_bench.json to $OUT when it is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, ".")
+from benchmarks import common  # noqa: E402
+from ffjax import decoder, drafter, shapes  # noqa: E402
+from ffjax.checkpoint import Model, load  # noqa: E402
+from ffjax.config import FAST_DLLM_DEFAULT_MASK_TOKEN_ID  # noqa: E402
+from ffjax.dllm_generate import dllm_generate  # noqa: E402
+from ffjax.kv_cache import KVCache  # noqa: E402
+
+
+def dllm_shape(name: str):
+    mask = FAST_DLLM_DEFAULT_MASK_TOKEN_ID if name != "tiny" else 511
+    return common.shape_config(name, model_type="fast_dllm_qwen", bd_size=32, mask_token_id=mask)
+
+
+def block_latencies(model: Model, context: int, small_block_size: int) -> dict:
+    """Seconds for one 32-token block over a ``context``-token cache: bare forward and full drafter pass."""
+    config, bd = model.config, model.config.bd_size
+    cache = KVCache.create(config, 1, shapes.round_up(context + bd, 128), model.dtype).with_length(context)
+    tokens = jnp.full((1, bd), config.mask_token_id, jnp.int32).at[:, 0].set(1)
+    state = drafter.DraftState(cache=cache, tokens=tokens, masked=tokens == config.mask_token_id,
+                               confidence=jnp.zeros((1, bd), jnp.float32), forwards=jnp.zeros((1,), jnp.int32))
+
+    @jax.jit
+    def forward(params, tokens, cache):
+        hidden, cache = decoder.decode(config, params, tokens, cache)
+        return jnp.argmax(decoder.logits(config, params, hidden), axis=-1), cache
+
+    @jax.jit
+    def drafter_pass(params, state, threshold):
+        return drafter.advance(config, params, state, threshold, small_block_size=small_block_size)
+
+    return {
+        "forward_s": common.time_fn(lambda: forward(model.params, tokens, cache)[0], repeats=30, warmup=3),
+        "drafter_pass_s": common.time_fn(lambda: drafter_pass(model.params, state, jnp.float32(0.9))[0].tokens,
+                                         repeats=30, warmup=3),
+    }
+
+
+def passes_per_token(model: Model, prompt_len: int, new_tokens: int, threshold: float, small_block_size: int):
+    prompt = np.random.RandomState(0).randint(0, model.config.mask_token_id, prompt_len).astype(np.int32)
+    run = functools.partial(dllm_generate, model, prompt, new_tokens, threshold=threshold,
+                            small_block_size=small_block_size)
+    run()  # compile
+    stats = min((run().stats for _ in range(3)), key=lambda s: s.total_s)
+    decode_passes = max(stats.forward_passes - (prompt_len >= model.config.bd_size), 1)
+    return {"threshold": threshold, "new_tokens": stats.new_tokens, "forward_passes": stats.forward_passes,
+            "passes_per_token": stats.forward_passes / stats.new_tokens, "tokens_per_s": stats.tokens_per_s,
+            "ms_per_decode_pass": 1e3 * stats.decode_s / decode_passes}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true", help="tiny shape and sizes, runs on CPU in seconds")
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--new", type=int, default=256)
+    parser.add_argument("--small-block-size", type=int, default=8)
+    parser.add_argument("--checkpoint", help="a converted Fast-dLLM v2 checkpoint for the passes-per-token runs")
+    args = parser.parse_args()
+    if args.tiny:
+        args.context, args.new = 128, 64
+
+    shape = "tiny" if args.tiny else "qwen2.5-1.5b"
+    config = dllm_shape(shape)
+    params = jax.jit(functools.partial(decoder.init_params, config, dtype=jnp.bfloat16))(jax.random.key(0))
+    model = Model(config, params)
+    bandwidth = common.measured_read_bandwidth(64 << 20 if args.tiny else 4 << 30)
+    needed = common.decode_bytes_per_token(config, args.context + config.bd_size)
+    limit_s = needed["total"] / bandwidth
+    latency = block_latencies(model, args.context, args.small_block_size)
+
+    generation_model = load(args.checkpoint, dtype=jnp.bfloat16) if args.checkpoint else model
+    generation = [passes_per_token(generation_model, args.context, args.new, t, args.small_block_size)
+                  for t in (0.9, 0.05)]
+
+    device = jax.devices()[0].device_kind
+    results = {"device": device, "shape": "Fast_dLLM_v2_1.5B" if not args.tiny else "tiny", "bd_size": 32,
+               "context": args.context, "read_bandwidth_Bps": bandwidth, "bytes": needed,
+               "hbm_limit_ms": 1e3 * limit_s, "forward_ms": 1e3 * latency["forward_s"],
+               "drafter_pass_ms": 1e3 * latency["drafter_pass_s"],
+               "generation_weights": args.checkpoint or "random", "generation": generation}
+    common.write_results("dllm_bench.json", results)
+
+    print(f"device: {device}; read bandwidth {bandwidth / 1e12:.2f} TB/s; {results['shape']}, 32-token block over "
+          f"a {args.context}-token cache")
+    print("| measure | ms | x HBM limit |")
+    print("|---|---|---|")
+    print(f"| HBM limit ({needed['weights'] / 1e9:.2f} GB weights + {needed['kv'] / 1e6:.1f} MB KV) "
+          f"| {results['hbm_limit_ms']:.3f} | 1.00 |")
+    for key, label in (("forward_ms", "forward (decoder + logits)"), ("drafter_pass_ms", "drafter pass (advance)")):
+        print(f"| {label} | {results[key]:.3f} | {results[key] / results['hbm_limit_ms']:.2f} |")
+    print(f"\ndllm_generate, {args.context}-token prompt, {args.new} new tokens, weights: "
+          f"{results['generation_weights']}")
+    print("| threshold | forward passes | passes / token | ms / decode pass | tokens/s |")
+    print("|---|---|---|---|---|")
+    for g in generation:
+        print(f"| {g['threshold']} | {g['forward_passes']} | {g['passes_per_token']:.3f} | "
+              f"{g['ms_per_decode_pass']:.3f} | {g['tokens_per_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
