@@ -185,7 +185,7 @@ def start(config: ModelConfig, params, cache: KVCache, sequence, n, *, prefill_c
     block_start = (n // bd) * bd
     on_boundary = (n % bd) == 0
     # At a block boundary the first token comes from the pass over the previous block: make sure one runs.
-    resume = jnp.minimum(cache.length, jnp.where(on_boundary, block_start - bd, block_start))
+    resume = jnp.minimum(cache.length, jnp.maximum(jnp.where(on_boundary, block_start - bd, block_start), 0))
     cache, passes, first_token, first_conf = _prefill(config, params, cache.with_length(resume), sequence,
                                                       block_start, prefill_chunk)
 
