@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -26,17 +27,21 @@ from ffjax.checkpoint import Model  # noqa: E402
 from ffjax.kv_cache import KVCache  # noqa: E402
 
 
-def forward_latency(config, params, context: int, k: int) -> float:
-    """Seconds for one forward of k new tokens over a cache holding `context` tokens (logits for all k)."""
+def forward_latency(config, params, context: int, k: int, unroll_layers=None) -> tuple[float, float]:
+    """(seconds for one forward of k new tokens over a cache holding `context` tokens, argmax of all k logits;
+    seconds to compile it)."""
     cache = KVCache.create(config, 1, shapes.round_up(context + 128, 128), jnp.bfloat16).with_length(context)
 
-    @functools.partial(jax.jit, static_argnums=())
+    @jax.jit
     def step(params, tokens, cache):
-        hidden, cache = decoder.decode(config, params, tokens, cache)
+        hidden, cache = decoder.decode(config, params, tokens, cache, unroll_layers=unroll_layers)
         return jnp.argmax(decoder.logits(config, params, hidden), -1), cache
 
     tokens = jnp.ones((1, k), jnp.int32)
-    return common.time_fn(lambda: step(params, tokens, cache)[0], repeats=20, warmup=3)
+    start = time.perf_counter()
+    compiled = step.lower(params, tokens, cache).compile()
+    compile_s = time.perf_counter() - start
+    return common.time_fn(lambda: compiled(params, tokens, cache)[0], repeats=20, warmup=3), compile_s
 
 
 def main():
@@ -55,18 +60,23 @@ def main():
         params = jax.jit(functools.partial(decoder.init_params, config, dtype=jnp.bfloat16))(jax.random.key(0))
         model = Model(config, params)
         prompt = np.random.RandomState(0).randint(0, config.vocab_size, args.context).astype(np.int32)
-        generate(model, prompt, args.new)  # compile
+        compile_s = generate(model, prompt, args.new).stats.compile_s
         runs = [generate(model, prompt, args.new).stats for _ in range(3)]
         ms_per_token = float(np.median([s.decode_ms_per_token for s in runs]))
         needed = common.decode_bytes_per_token(config, args.context + args.new // 2)
         limit_ms = 1e3 * needed["total"] / bandwidth
-        fwd = {k: 1e3 * forward_latency(config, params, args.context, k) for k in args.ks}
+        fwd = {k: 1e3 * forward_latency(config, params, args.context, k)[0] for k in args.ks}
+        rolled_ms, rolled_compile_s = forward_latency(config, params, args.context, 1, unroll_layers=False)
+        unrolled_ms, unrolled_compile_s = forward_latency(config, params, args.context, 1, unroll_layers=True)
+        layer_loop = {"rolled_k1_ms": 1e3 * rolled_ms, "rolled_compile_s": rolled_compile_s,
+                      "unrolled_k1_ms": 1e3 * unrolled_ms, "unrolled_compile_s": unrolled_compile_s}
         results["shapes"][name] = {"decode_ms_per_token": ms_per_token, "hbm_limit_ms": limit_ms,
+                                   "generate_compile_s": compile_s, "layer_loop": layer_loop,
                                    "bytes_per_token": needed, "prefill_s": float(np.median([s.prefill_s for s in runs])),
                                    "forward_ms": fwd}
         print(f"{name}: decode {ms_per_token:.3f} ms/token, HBM limit {limit_ms:.3f} ms "
               f"({ms_per_token / limit_ms:.3f}x); forward ms " +
-              ", ".join(f"k={k}: {v:.3f}" for k, v in fwd.items()), flush=True)
+              ", ".join(f"k={k}: {v:.3f}" for k, v in fwd.items()) + f"; layer loop {layer_loop}", flush=True)
         del params, model
     common.write_results("decode_bench.json", results)
     print("\n| shape | ffjax ms/token | HBM limit ms | ratio | " + " | ".join(f"fwd k={k}" for k in args.ks) + " |")

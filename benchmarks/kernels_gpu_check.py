@@ -27,22 +27,20 @@ TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2}
 # (batch, Tq, Hq, Hkv, head_dim, cache length, block_size, dtype, q_start per row, kv_len per row)
 CASES = [
     (1, 32, 28, 4, 128, 4096, None, "bfloat16", [4064], [4096]),
-    (1, 32, 28, 4, 128, 4096, 32, "bfloat16", [4064], [4096]),
     (1, 128, 28, 4, 128, 8192, None, "bfloat16", [8000], [8128]),
     (1, 64, 12, 2, 128, 16384, 32, "bfloat16", [16000], [16064]),
-    (3, 37, 12, 2, 128, 1000, None, "bfloat16", [0, 500, 900], [37, 537, 937]),
     (3, 37, 12, 2, 128, 1000, 32, "bfloat16", [0, 512, 960], [37, 549, 997]),
-    (2, 1, 28, 4, 128, 2048, None, "bfloat16", [100, 2047], [101, 2048]),
     (2, 9, 7, 1, 64, 777, 8, "bfloat16", [300, 0], [309, 0]),  # second row sees nothing: zeros
-    (2, 100, 6, 1, 64, 3000, 8, "float32", [17, 2800], [117, 2900]),
-    (1, 128, 12, 2, 128, 32768, None, "float32", [32640], [32768]),
     (2, 48, 12, 2, 128, 4096, 32, "float32", [1000, 3000], [1040, 3048]),  # kv_len inside the last block
+    (1, 128, 12, 2, 128, 8192, None, "float32", [8064], [8192]),
+    (2, 1, 28, 4, 128, 2048, None, "bfloat16", [100, 2047], [101, 2048]),
+    (2, 100, 6, 1, 64, 3000, 8, "float32", [17, 2800], [117, 2900]),
 ]
 
 # Launch parameters that must all compute the same function (checked on one mid-size case).
 CONFIGS = [
     TritonConfig(),
-    TritonConfig(block_m=128, block_k=64, num_warps=8),
+    TritonConfig(block_m=128, block_k=64, num_warps=8, num_stages=3),
     TritonConfig(block_m=64, block_k=128, num_stages=3),
     TritonConfig(block_m=64, block_k=32, num_splits=1),
     TritonConfig(block_m=16, block_k=64, num_splits=7),
@@ -92,7 +90,7 @@ def main():
     rng = np.random.default_rng(2024)
     results = []
     jobs = [(case, TritonConfig()) for case in CASES]
-    jobs += [(CASES[4], config) for config in CONFIGS[1:]] + [(CASES[8], config) for config in CONFIGS[1:]]
+    jobs += [(CASES[3], config) for config in CONFIGS[1:]]
     if args.interpret:
         jobs = [(case, config) for case, config in jobs if case[0] * case[1] * case[5] <= 400_000]
     for case, config in jobs:

@@ -23,7 +23,7 @@ def step(params, tokens, cache):
 tokens = jnp.ones((1, 1), jnp.int32)
 compiled = step.lower(params, tokens, cache).compile()
 hlo = compiled.as_text()
-ops = {k: len(re.findall(k, hlo)) for k in ["custom-call", "__cublas", "dynamic-slice", "dynamic-update-slice", " copy(", "scatter", "while", "triton_gemm", "fusion"]}
+ops = {k: len(re.findall(k, hlo)) for k in ["custom-call", "__cublas", "dynamic-slice", "dynamic-update-slice", " copy\\(", "scatter", "while", "triton_gemm", "fusion"]}
 t = common.time_fn(lambda: compiled(params, tokens, cache)[0], repeats=30, warmup=3)
 flags = os.environ.get("XLA_FLAGS", "")
 print(f"RESULT {name} unroll={unroll} flags={flags!r}: k=1 forward {t*1e3:.3f} ms; ops {ops}", flush=True)

@@ -10,6 +10,8 @@ from ffjax.config import ModelConfig
 def as_prompt_batch(prompt_ids, config: ModelConfig) -> tuple[np.ndarray, bool]:
     """A [B, T] int32 array of ids and whether the caller passed a single 1-D prompt."""
     prompt = np.asarray(prompt_ids)
+    if prompt.size == 0:
+        raise ValueError(f"prompt_ids must hold at least one token, got shape {prompt.shape}")
     if prompt.dtype.kind not in "iu":
         raise TypeError(f"prompt_ids must be integer token ids, got dtype {prompt.dtype}")
     was_1d = prompt.ndim == 1
