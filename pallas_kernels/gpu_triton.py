@@ -35,7 +35,7 @@ class TritonConfig:
     block_k: int | None = None  # keys per inner-loop step
     num_splits: int | None = None  # programs sharing one (row tile, KV head) along the keys
     num_warps: int | None = None
-    num_stages: int = 2
+    num_stages: int | None = None  # software-pipelining depth of the key loop
 
 
 def _next_power_of_two(n: int) -> int:
@@ -47,24 +47,52 @@ def _sm_count() -> int:
     return getattr(device, "core_count", None) or _H100_SM_COUNT
 
 
+def _resident_programs_per_sm(block_m: int) -> int:
+    """How many programs of this tile shape one SM holds at once (an estimate from shared memory, bf16,
+    head_dim 128): a 128-row tile with 3 stages of 64-key K/V tiles needs ~128 KB of the 228 KB, a 64-row one
+    with 2 stages ~80 KB."""
+    return 1 if block_m >= 128 else 2
+
+
+def _choose_num_splits(programs_per_split: int, slots: int, max_splits: int) -> int:
+    """Fewest splits whose programs keep >= 90% of ``slots`` busy until the last wave ends.
+
+    140 programs on 132 slots take two waves for 6% more work than one (53% busy); 256 on 264 take one (97%).
+    Without such a count (short caches), the one that keeps the most slots busy.
+    """
+    def efficiency(splits):
+        total = programs_per_split * splits
+        return total / (pl.cdiv(total, slots) * slots)
+
+    candidates = range(1, max(1, max_splits) + 1)
+    for splits in candidates:
+        if efficiency(splits) >= 0.9:
+            return splits
+    return max(candidates, key=lambda splits: (min(programs_per_split * splits, slots), efficiency(splits)))
+
+
 def plan(config: TritonConfig, *, batch, num_kv_heads, num_rows, num_keys, head_dim, itemsize,
          sm_count=_H100_SM_COUNT) -> TritonConfig:
-    """Fills in the launch parameters a config leaves open."""
-    block_m = config.block_m or (64 if num_rows > 32 else max(16, _next_power_of_two(num_rows)))
+    """Fills in the launch parameters a config leaves open.
+
+    Defaults from the H100 sweep (benchmarks/kernels_bench.py --sweep, README.md): at 32k keys, 128-row
+    tiles on 8 warps with a 3-deep pipeline beat 64-row tiles for 192, 224 and 896 grouped rows (1.5B / 7B
+    at Tq=32, 7B at Tq=128). Fewer rows than 128 take the smallest tile that holds them.
+    """
+    del itemsize
+    block_m = config.block_m or (128 if num_rows >= 128 else max(16, _next_power_of_two(num_rows)))
     block_k = config.block_k or 64
     num_warps = config.num_warps or (8 if block_m >= 128 else 4)
+    num_stages = config.num_stages or (3 if block_m >= 128 else 2)
     num_splits = config.num_splits
     if num_splits is None:
-        programs = pl.cdiv(num_rows, block_m) * batch * num_kv_heads
-        wanted = pl.cdiv(2 * sm_count, programs)  # two waves' worth keeps every SM busy through the tail
+        programs_per_split = pl.cdiv(num_rows, block_m) * batch * num_kv_heads
+        slots = sm_count * _resident_programs_per_sm(block_m)
         by_length = max(1, num_keys // (4 * block_k))  # at least four key tiles per program
-        # The float32 partials are written and read once more by the merge: keep them under 1/8 of K+V.
-        kv_bytes = 2 * batch * num_keys * num_kv_heads * head_dim * itemsize
-        partial_bytes = batch * num_kv_heads * num_rows * (head_dim + 1) * 4
-        by_traffic = max(1, kv_bytes // (8 * partial_bytes))
-        num_splits = max(1, min(wanted, by_length, by_traffic))
+        num_splits = _choose_num_splits(programs_per_split, slots, by_length)
+    del head_dim
     return TritonConfig(block_m=block_m, block_k=block_k, num_splits=num_splits, num_warps=num_warps,
-                        num_stages=config.num_stages)
+                        num_stages=num_stages)
 
 
 def _kernel(q_start_ref, kv_len_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, block_size, group,

@@ -11,8 +11,10 @@ relative Frobenius error of 1e-2 and 2e-2 absolute per element (about 4 bf16 ulp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from jax.experimental.pallas import tpu as pltpu
 
 import pallas_kernels
-from pallas_kernels import dispatch, gpu_triton, reference, tpu_mosaic
+from pallas_kernels import block_diffusion_training, dispatch, gpu_triton, reference, tpu_mosaic
 from pallas_kernels.gpu_triton import TritonConfig
 
 # The TPU interpreter that models TPU memory: reads past an array's end return NaN, races are reported.
@@ -255,3 +257,40 @@ def test_kernels_reject_head_counts_that_do_not_group():
     with pytest.raises(ValueError, match="multiple"):
         gpu_triton.prefix_block_attention(q, k, k, jnp.zeros(1, jnp.int32), jnp.ones(1, jnp.int32),
                                           interpret=True)
+
+
+# --- drafter training: the [x_t ; x_0] block-diffusion mask ----------------------------------------------
+
+def test_training_mask_is_bd_obc_bc():
+    seq_len, block_size = 12, 4
+    mask = block_diffusion_training.training_mask(seq_len, block_size)
+    for i in range(2 * seq_len):
+        for j in range(2 * seq_len):
+            q_clean, k_clean = i >= seq_len, j >= seq_len
+            q_block, k_block = (i % seq_len) // block_size, (j % seq_len) // block_size
+            if not q_clean and not k_clean:
+                expected = q_block == k_block  # M_BD: own noisy block, both directions
+            elif not q_clean and k_clean:
+                expected = k_block < q_block  # M_OBC: strictly earlier clean blocks
+            elif q_clean and k_clean:
+                expected = k_block <= q_block  # M_BC: block-causal over clean blocks
+            else:
+                expected = False  # clean tokens never see noised ones
+            assert mask[i, j] == expected, (i, j)
+
+
+def test_splash_training_attention_matches_dense_forward_and_backward():
+    seq_len, block_size = 128, 32
+    rng = np.random.default_rng(4)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, 2 * seq_len, heads, 64)), jnp.float32) for heads in (4, 2, 2))
+
+    def loss(attention):
+        return lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, block_size)))
+
+    splash = functools.partial(block_diffusion_training.splash_attention, interpret=True)
+    dense = block_diffusion_training.dense_attention
+    np.testing.assert_allclose(np.asarray(splash(q, k, v, block_size)), np.asarray(dense(q, k, v, block_size)),
+                               atol=1e-5)
+    for got, want in zip(jax.grad(loss(splash), argnums=(0, 1, 2))(q, k, v),
+                         jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
