@@ -1,0 +1,256 @@
+"""``ffjax.speculate``: FailFast speculative decoding as one jitted ``lax.while_loop`` over rounds.
+
+Round invariants (batch 1; shapes keep the batch axis):
+* ``seq`` holds the prompt and every accepted token in [0, n); drafts are written past n while drafting.
+* The verifier cache holds [0, n - 1): each verification feeds (seq[n-1], d_1 .. d_k), padded to the smallest
+  bucket that holds k + 1 tokens, through a ``lax.switch`` with one branch per bucket.
+* The verifier's argmaxes v_0 .. v_k decide: a = the number of leading drafts with d_i == v_{i-1}; the round
+  appends v_0 .. v_a (the accepted drafts and the verifier's own correction or bonus token), so the output is
+  exactly the verifier's greedy output whatever the drafter proposes.
+* The diffusion drafter's cache holds complete blocks of accepted tokens; ``drafter.start`` drops blocks a
+  correction touched and prefills the newly completed ones (each pass counts as a drafter forward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ffjax import ar_drafter, decoder, draft_window, drafter, executables, shapes
+from ffjax.checkpoint import Model
+from ffjax.compatibility import check_drafter_matches_verifier
+from ffjax.executables import donate_on_accelerators
+from ffjax.failfast_config import FailFastConfig
+from ffjax.inputs import as_prompt_batch, check_generation_args, unbatch_tokens
+from ffjax.kv_cache import KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeculateStats:
+    rounds: int
+    drafted: np.ndarray  # [rounds] drafted tokens proposed per round
+    accepted: np.ndarray  # [rounds] drafted tokens accepted per round (each round also adds one verifier token)
+    drafter_forwards: int
+    verifier_forwards: int  # prefill included
+    new_tokens: int
+    compile_s: float
+    wall_time_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else float("nan")
+
+    @property
+    def acceptance_rate(self) -> float:
+        return float(self.accepted.sum() / max(self.drafted.sum(), 1))
+
+    @property
+    def mean_accepted(self) -> float:
+        return float(self.accepted.mean()) if self.rounds else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeculateResult:
+    tokens: np.ndarray
+    stats: SpeculateStats
+
+
+@struct.dataclass
+class _Rounds:
+    seq: jax.Array  # [B, S]
+    n: jax.Array  # [B] accepted length (prompt + generated)
+    verifier_cache: KVCache
+    drafter_cache: KVCache
+    done: jax.Array  # [B]
+    round: jax.Array  # [] int32
+    drafted: jax.Array  # [R]
+    accepted: jax.Array  # [R]
+    drafter_forwards: jax.Array  # [] int32
+    verifier_forwards: jax.Array  # [] int32
+
+
+def _draft_diffusion(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap, tau, threshold):
+    """Drafts with the block-diffusion drafter: (seq with drafts at [n, n+k), confidences, k, cache, forwards)."""
+    width = ff.buckets[-1]
+    bd = dcfg.bd_size
+
+    def record(state, tokens, confidence):
+        tokens = drafter.place_block(tokens, jnp.where(state.masked, -1, state.tokens), state.block_start, n)
+        confidence = drafter.place_block(confidence, state.confidence, state.block_start, n)
+        return tokens, confidence
+
+    state, _ = drafter.start(dcfg, dparams, cache, seq, n, prefill_chunk=2 * bd)
+    tokens, confidence = record(state, jnp.full((seq.shape[0], width), -1, jnp.int32),
+                                jnp.zeros((seq.shape[0], width), jnp.float32))
+    window = draft_window.initial_window(ff, cap)
+    stop, window = draft_window.decide(ff, drafter.known_prefix(state) - n, confidence, window, cap, tau)
+
+    def cond(carry):
+        return ~jnp.all(carry[-1])
+
+    def body(carry):
+        state, tokens, confidence, window, stop = carry
+        state, _ = drafter.advance(dcfg, dparams, state, threshold, small_block_size=ff.small_block_size)
+        tokens, confidence = record(state, tokens, confidence)
+        stop, window = draft_window.decide(ff, drafter.known_prefix(state) - n, confidence, window, cap, tau)
+        return state, tokens, confidence, window, stop
+
+    state, tokens, confidence, window, _ = jax.lax.while_loop(cond, body, (state, tokens, confidence, window, stop))
+    seq = _write(seq, tokens, n, window)
+    return seq, window, state.cache, jnp.sum(state.forwards)
+
+
+def _draft_autoregressive(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap, tau, threshold):
+    """Drafts token by token with an AR drafter; same window rule, confidence = softmax prob of the argmax."""
+    del threshold
+    width = ff.buckets[-1]
+    batch = seq.shape[0]
+    window = draft_window.initial_window(ff, cap)
+
+    def cond(carry):
+        return ~jnp.all(carry[-1])
+
+    def body(carry):
+        seq, confidence, cache, known, forwards, window, stop = carry
+        token, conf, cache = ar_drafter.step(dcfg, dparams, cache, seq, n + known)
+        rows = jnp.arange(batch)
+        seq = seq.at[rows, n + known].set(token, mode="drop")
+        confidence = confidence.at[rows, known].set(conf, mode="drop")
+        known = known + 1
+        stop, window = draft_window.decide(ff, known, confidence, window, cap, tau)
+        return seq, confidence, cache, known, forwards + 1, window, stop
+
+    init = (seq, jnp.zeros((batch, width), jnp.float32), cache, jnp.zeros((batch,), jnp.int32), jnp.int32(0),
+            window, jnp.zeros((batch,), bool))
+    seq, _, cache, _, forwards, window, _ = jax.lax.while_loop(cond, body, init)
+    return seq, window, cache, forwards
+
+
+def _write(seq, tokens, start, count):
+    """seq with tokens[:, i] written at start + i for i < count (others untouched)."""
+    rows = jnp.arange(seq.shape[0])[:, None]
+    i = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+    pos = jnp.where(i < count[:, None], start[:, None] + i, seq.shape[1])
+    return seq.at[rows, pos].set(tokens, mode="drop")
+
+
+def _verify(ff: FailFastConfig, vcfg, vparams, cache: KVCache, seq, n, k):
+    """One verifier forward over (seq[n-1], d_1..d_k) in the smallest bucket: (argmaxes [B, max bucket], cache)."""
+    width = ff.buckets[-1]
+    rows = jnp.arange(seq.shape[0])[:, None]
+    inputs = seq[rows, jnp.clip(n[:, None] - 1 + jnp.arange(width)[None, :], 0, seq.shape[1] - 1)]
+    inputs = jnp.clip(inputs, 0, vcfg.vocab_size - 1)  # drafts outside the verifier's table are simply rejected
+
+    def branch(bucket):
+        def run(inputs, cache):
+            hidden, cache = decoder.decode(vcfg, vparams, inputs[:, :bucket], cache)
+            argmax = jnp.argmax(decoder.logits(vcfg, vparams, hidden), axis=-1).astype(jnp.int32)
+            return jnp.pad(argmax, ((0, 0), (0, width - bucket))), cache
+        return run
+
+    index = jnp.searchsorted(jnp.asarray(ff.buckets), jnp.max(k) + 1)
+    return inputs, *jax.lax.switch(index, [branch(b) for b in ff.buckets], inputs, cache)
+
+
+def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, prompt_len, max_new_tokens, eos_id,
+               tau, threshold, *, cache_len: int, max_rounds: int):
+    batch, bucket = padded_prompt.shape
+    dtype_v, dtype_d = decoder.params_dtype(vparams), decoder.params_dtype(dparams)
+    seq = jnp.zeros((batch, cache_len), jnp.int32).at[:, :bucket].set(padded_prompt)
+
+    # Verifier prefill: the first new token is the verifier's own.
+    vcache = KVCache.create(vcfg, batch, cache_len, dtype_v)
+    hidden, vcache = decoder.decode(vcfg, vparams, padded_prompt, vcache)
+    rows = jnp.arange(batch)
+    first = jnp.argmax(decoder.logits(vcfg, vparams, hidden[rows, prompt_len - 1]), axis=-1).astype(jnp.int32)
+    seq = seq.at[rows, prompt_len].set(first)
+    vcache = vcache.with_length(prompt_len)
+    n = prompt_len + 1
+
+    dcache = KVCache.create(dcfg, batch, cache_len, dtype_d)
+    if dcfg.is_dllm:
+        # Complete prompt blocks in one pass (later rounds prefill at most a block or two at a time).
+        chunk = shapes.round_up(bucket, dcfg.bd_size)
+        state, _ = drafter.start(dcfg, dparams, dcache, seq, n, prefill_chunk=chunk)
+        dcache, prefill_forwards = state.cache, jnp.sum(state.forwards)
+        draft = functools.partial(_draft_diffusion, ff, dcfg, dparams)
+    else:
+        dcache = ar_drafter.prefill(dcfg, dparams, dcache, padded_prompt, prompt_len)
+        prefill_forwards = jnp.int32(1)
+        draft = functools.partial(_draft_autoregressive, ff, dcfg, dparams)
+
+    def cond(s: _Rounds):
+        return ~jnp.all(s.done)
+
+    def body(s: _Rounds):
+        remaining = prompt_len + max_new_tokens - s.n  # tokens still to produce (one comes from the verifier)
+        cap = jnp.clip(remaining - 1, 1, ff.longest_draft)
+        seq, k, dcache, dforwards = draft(s.drafter_cache, s.seq, s.n, cap, tau, threshold)
+        inputs, argmax, vcache = _verify(ff, vcfg, vparams, s.verifier_cache, seq, s.n, k)
+        i = jnp.arange(argmax.shape[1])[None, :]
+        matches = (inputs[:, 1:] == argmax[:, :-1]) & (i[:, :-1] < k[:, None])
+        accepted = jnp.sum(jnp.cumprod(matches, axis=1), axis=1).astype(jnp.int32)
+        new_tokens = jnp.where(i <= accepted[:, None], argmax, -1)
+        seq = _write(seq, argmax, s.n, accepted + 1)
+        hit_eos = jnp.any((new_tokens == eos_id) & (i <= accepted[:, None]), axis=1)
+        n = s.n + accepted + 1
+        return _Rounds(
+            seq=seq, n=n, verifier_cache=vcache.with_length(n - 1), drafter_cache=dcache,
+            done=s.done | hit_eos | (n - prompt_len >= max_new_tokens), round=s.round + 1,
+            drafted=s.drafted.at[s.round].set(k[0], mode="drop"),
+            accepted=s.accepted.at[s.round].set(accepted[0], mode="drop"),
+            drafter_forwards=s.drafter_forwards + dforwards, verifier_forwards=s.verifier_forwards + 1)
+
+    done = (first == eos_id) | (max_new_tokens <= 1)
+    init = _Rounds(seq=seq, n=jnp.broadcast_to(n, (batch,)).astype(jnp.int32), verifier_cache=vcache,
+                   drafter_cache=dcache, done=done, round=jnp.int32(0),
+                   drafted=jnp.zeros((max_rounds,), jnp.int32), accepted=jnp.zeros((max_rounds,), jnp.int32),
+                   drafter_forwards=prefill_forwards.astype(jnp.int32), verifier_forwards=jnp.int32(1))
+    s = jax.lax.while_loop(cond, body, init)
+    return s.seq, s.n, s.round, s.drafted, s.accepted, s.drafter_forwards, s.verifier_forwards
+
+
+def speculate(verifier: Model, drafter_model: Model, prompt_ids, max_new_tokens: int, *,
+              config: FailFastConfig = FailFastConfig(), eos_id: int | None = None) -> SpeculateResult:
+    """Greedy decoding of ``verifier`` accelerated by ``drafter_model`` (a Fast-dLLM v2 block-diffusion model, or
+    an AR model for the token-by-token baselines). The tokens are exactly ``generate(verifier, ...)``'s."""
+    check_drafter_matches_verifier(verifier, drafter_model, config)
+    prompt, was_1d = as_prompt_batch(prompt_ids, verifier.config)
+    check_generation_args(verifier.config, max_new_tokens, eos_id=eos_id)
+    if prompt.shape[0] != 1:
+        raise ValueError(f"speculate decodes one prompt at a time (batch 1), got a batch of {prompt.shape[0]}")
+    if prompt.max() >= drafter_model.config.vocab_size:
+        raise ValueError("prompt_ids hold ids outside the drafter's vocabulary")
+    batch, prompt_len = prompt.shape
+    bucket = shapes.prompt_bucket(prompt_len)
+    capacity = shapes.new_tokens_bucket(max_new_tokens)
+    block = drafter_model.config.bd_size or 0
+    cache_len = shapes.cache_length(prompt_len, max_new_tokens, extra=config.buckets[-1] + 2 * block)
+    padded = np.zeros((batch, bucket), np.int32)
+    padded[:, :prompt_len] = prompt
+
+    args = (verifier.params, drafter_model.params, jnp.asarray(padded), jnp.int32(prompt_len),
+            jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id), jnp.float32(config.tau),
+            jnp.float32(config.drafter_threshold))
+    fn = functools.partial(_speculate, config, verifier.config, drafter_model.config, cache_len=cache_len,
+                           max_rounds=capacity)
+    exe, compile_s = executables.get(
+        ("speculate", config.static_key(), verifier.config, drafter_model.config, verifier.dtype,
+         drafter_model.dtype, bucket, cache_len, capacity), jax.jit(fn), *args)
+    start = time.perf_counter()
+    seq, n, rounds, drafted, accepted, dforwards, vforwards = jax.device_get(exe(*args))
+    wall = time.perf_counter() - start
+
+    generated = seq[:, prompt_len: int(n[0])][:, :max_new_tokens]
+    rows = unbatch_tokens(generated, eos_id)
+    rounds = int(rounds)
+    stats = SpeculateStats(rounds=rounds, drafted=drafted[:rounds], accepted=accepted[:rounds],
+                           drafter_forwards=int(dforwards), verifier_forwards=int(vforwards),
+                           new_tokens=len(rows[0]), compile_s=compile_s, wall_time_s=wall)
+    return SpeculateResult(tokens=rows[0] if was_1d else rows, stats=stats)
