@@ -190,9 +190,11 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
                head_dim=head_dim, itemsize=k.dtype.itemsize,
                sm_count=_H100_SM_COUNT if interpret else _sm_count())
     num_tiles = pl.cdiv(num_rows, cfg.block_m)
+    out_dtype = q.dtype
+    q = q.astype(k.dtype)  # the products run in the cache's dtype; a no-op when they agree
     # Only float32 inputs ask for exact float32 products; Triton would use tf32 by default.
     precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
-    partial_dtype = q.dtype if cfg.num_splits == 1 else jnp.float32
+    partial_dtype = out_dtype if cfg.num_splits == 1 else jnp.float32
 
     q_rows = to_rows(q, num_kv_heads)
     if num_keys < cfg.block_k:  # a cache shorter than one key tile (tests): pad it rather than special-case
@@ -231,7 +233,7 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
         out_rows = partial_out[:, :, 0]
     else:
         out_rows = merge_splits(partial_out, partial_lse)
-    return from_rows(out_rows, num_queries).astype(q.dtype)
+    return from_rows(out_rows, num_queries).astype(out_dtype)
 
 
 def describe(q_shape, k_shape, dtype, config: TritonConfig = TritonConfig()) -> TritonConfig:

@@ -112,13 +112,15 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
         raise ValueError(f"block_k must be a multiple of {LANES}, got {block_k}")
     group = num_q_heads // num_kv_heads
     num_rows = num_queries * group
-    sublanes = 16 if q.dtype.itemsize == 2 else 8
+    sublanes = 16 if k.dtype.itemsize == 2 else 8  # q is cast to the cache's dtype below
     block_m = block_m or min(256, _round_up(num_rows, sublanes))
     if block_m >= 256 and num_rows > 256:
         block_m = 128  # a long block: smaller row tiles waste less on the causal frontier
     num_tiles = pl.cdiv(num_rows, block_m)
     num_key_tiles = pl.cdiv(num_keys, block_k)
     scale = head_dim ** -0.5 if scale is None else scale
+    out_dtype = q.dtype
+    q = q.astype(k.dtype)  # the products run in the cache's dtype; a no-op when they agree
     precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
 
     q_rows = to_rows(q, num_kv_heads)
@@ -156,7 +158,7 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
                 pltpu.VMEM((block_m, LANES), jnp.float32),
             ],
         ),
-        out_shape=jax.ShapeDtypeStruct(q_rows.shape, q.dtype),
+        out_shape=jax.ShapeDtypeStruct(q_rows.shape, out_dtype),
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
         interpret=interpret,

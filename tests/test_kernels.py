@@ -162,6 +162,17 @@ def test_gpu_kernel_launch_configs_compute_the_same_function(config):
     assert_close_to_reference(out, *args, None)
 
 
+def test_float32_queries_over_a_bf16_cache_give_float32_outputs():
+    q, k, v, q_start, kv_len = make_inputs(Case(16, 6, 64, 8, "bfloat16", (40, 3), (56, 19)), seed=9)
+    q32 = q.astype(jnp.float32)
+    expected = reference.prefix_block_attention(q32, k, v, q_start, kv_len, block_size=8)
+    for out in (gpu_triton.prefix_block_attention(q32, k, v, q_start, kv_len, block_size=8, interpret=True),
+                tpu_mosaic.prefix_block_attention(q32, k, v, q_start, kv_len, block_size=8,
+                                                  interpret=TPU_INTERPRET)):
+        assert out.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=2e-2)  # bf16 products
+
+
 def test_scale_argument_is_used():
     case = Case(8, 2, 64, 8, "float32", (16,), (24,))
     args = make_inputs(case, seed=5)
