@@ -24,17 +24,16 @@ from benchmarks import common  # noqa: E402
 from ffjax import decoder, shapes  # noqa: E402
 from ffjax.generate import generate  # noqa: E402
 from ffjax.checkpoint import Model  # noqa: E402
-from ffjax.kv_cache import KVCache  # noqa: E402
 
 
-def forward_latency(config, params, context: int, k: int, unroll_layers=None) -> tuple[float, float]:
+def forward_latency(config, params, context: int, k: int) -> tuple[float, float]:
     """(seconds for one forward of k new tokens over a cache holding `context` tokens, argmax of all k logits;
-    seconds to compile it)."""
-    cache = KVCache.create(config, 1, shapes.round_up(context + 128, 128), jnp.bfloat16).with_length(context)
+    seconds to compile it). The params' layout (stacked or per-layer) picks the decoder's layer loop."""
+    cache = decoder.new_cache(config, params, 1, shapes.round_up(context + 128, 128)).with_length(context)
 
     @jax.jit
     def step(params, tokens, cache):
-        hidden, cache = decoder.decode(config, params, tokens, cache, unroll_layers=unroll_layers)
+        hidden, cache = decoder.decode(config, params, tokens, cache)
         return jnp.argmax(decoder.logits(config, params, hidden), -1), cache
 
     tokens = jnp.ones((1, k), jnp.int32)
@@ -66,10 +65,13 @@ def main():
         needed = common.decode_bytes_per_token(config, args.context + args.new // 2)
         limit_ms = 1e3 * needed["total"] / bandwidth
         fwd = {k: 1e3 * forward_latency(config, params, args.context, k)[0] for k in args.ks}
-        rolled_ms, rolled_compile_s = forward_latency(config, params, args.context, 1, unroll_layers=False)
-        unrolled_ms, unrolled_compile_s = forward_latency(config, params, args.context, 1, unroll_layers=True)
-        layer_loop = {"rolled_k1_ms": 1e3 * rolled_ms, "rolled_compile_s": rolled_compile_s,
-                      "unrolled_k1_ms": 1e3 * unrolled_ms, "unrolled_compile_s": unrolled_compile_s}
+        per_layer_ms, per_layer_compile_s = forward_latency(config, params, args.context, 1)
+        stacked = decoder.stack_layers(params)
+        scanned_ms, scanned_compile_s = forward_latency(config, stacked, args.context, 1)
+        jax.tree.map(lambda x: x.delete(), stacked)
+        layer_loop = {"layout": decoder.layout_of(params), "stacked_scan_k1_ms": 1e3 * scanned_ms,
+                      "stacked_scan_compile_s": scanned_compile_s, "per_layer_k1_ms": 1e3 * per_layer_ms,
+                      "per_layer_compile_s": per_layer_compile_s}
         results["shapes"][name] = {"decode_ms_per_token": ms_per_token, "hbm_limit_ms": limit_ms,
                                    "generate_compile_s": compile_s, "layer_loop": layer_loop,
                                    "bytes_per_token": needed, "prefill_s": float(np.median([s.prefill_s for s in runs])),

@@ -51,14 +51,16 @@ def save(path: str, config: ModelConfig, params, *, extra_config: dict | None = 
     path = os.path.abspath(path)
     os.makedirs(path, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(path, PARAMS_DIR), params, force=True)
+    checkpointer.save(os.path.join(path, PARAMS_DIR), decoder.stack_layers(params), force=True)
     checkpointer.wait_until_finished()
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump({**config.to_hf(), **(extra_config or {}), FORMAT_KEY: FORMAT_VERSION}, f, indent=2)
 
 
-def load(path: str, dtype=None) -> Model:
-    """Restores a converted checkpoint onto the default device; ``dtype`` casts the weights (default: as saved)."""
+def load(path: str, dtype=None, layout: str | None = None) -> Model:
+    """Restores a converted checkpoint onto the default device; ``dtype`` casts the weights (default: as saved).
+
+    ``layout`` (default: the platform's, see ffjax/decoder.py) is ``stacked`` or ``per_layer``."""
     path = os.path.abspath(path)
     config = ModelConfig.from_json(path)
     params_path = os.path.join(path, PARAMS_DIR)
@@ -80,6 +82,8 @@ def load(path: str, dtype=None) -> Model:
         params = checkpointer.restore(params_path, target)
     except Exception as e:
         raise CheckpointError(f"checkpoint at {params_path} is corrupt or partial: {e}") from None
+    if (layout or decoder.default_layout()) == decoder.PER_LAYER:
+        params = decoder.unstack_layers(params, free_stacked=True)
     return Model(config, params, path)
 
 

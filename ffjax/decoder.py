@@ -2,15 +2,17 @@
 
 Flax modules define the parameters and the computation; they are only ever used through the pure functions
 at the bottom (``decode``, ``logits``, ``init_params``), so params and caches stay plain pytrees that pass
-through ``jax.jit`` and ``lax.while_loop``. Layers are stacked (one [L, ...] array per weight) and run with
-``nn.scan``, so tracing and compile time do not grow with depth. The verifier and the drafter differ only in
-``block_size`` (causal vs block-causal mask).
+through ``jax.jit`` and ``lax.while_loop``. The verifier and the drafter differ only in ``block_size`` (causal vs
+block-causal mask).
 
-Layer loop: on XLA:GPU a rolled scan copies every layer's weight matrices out of the stack before each GEMM
-(measured on H200, Qwen2.5-7B shape, one-token forward: 11.6 ms rolled vs 4.7 ms unrolled, HBM limit 4.6 ms),
-because its GEMM fusions cannot read a dynamically sliced operand. ``unroll_layers`` therefore defaults to True
-on GPU: the same scan fully unrolled, so every slice is static and free; params keep the same stacked layout.
-Elsewhere (CPU, TPU) the rolled loop is the default. See BENCHMARKS.md for the compile-time cost.
+Two layer layouts, one ``DecoderLayer``:
+* ``stacked`` (checkpoints, CPU, TPU): one [L, ...] array per weight and per cache, run with ``nn.scan``, so
+  tracing and compile time do not grow with depth.
+* ``per_layer`` (GPU): one array per layer, run by a Python loop. XLA:GPU copies each layer's weights out of a
+  stacked array before the cuBLAS GEMMs that read them, inside a scan and inside a decode ``while_loop`` alike
+  (measured on H200, Qwen2.5-7B shape, one-token forward: 11.6 ms scanned vs 4.7 ms per-layer, HBM limit
+  4.3 ms). Separate buffers leave nothing to copy. Compiling the loop costs seconds (3.5 s at 7B), once.
+The layout is read from the params' structure; ``load`` and ``init_params`` pick the platform's default.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 
 from ffjax.attention import attend
 from ffjax.config import ModelConfig
-from ffjax.kv_cache import KVCache
+from ffjax.kv_cache import PER_LAYER, STACKED, KVCache, default_layout
 
 Params = Any  # nested dict of arrays, as produced by Flax
 
@@ -102,10 +104,15 @@ class DecoderLayer(nn.Module):
 
         # Write the block's keys first: the attention contract is that the cache already holds them.
         rows = jnp.arange(batch)[:, None]
-        cache_k = cache_k.at[layer_index, rows, write_positions].set(k.astype(cache_k.dtype), mode="drop")
-        cache_v = cache_v.at[layer_index, rows, write_positions].set(v.astype(cache_v.dtype), mode="drop")
-        attn = attend(q, cache_k[layer_index], cache_v[layer_index], q_start, kv_len,
-                      block_size=self.block_size, impl=self.attention_impl)
+        if layer_index is None:  # per-layer layout: this layer's own cache arrays
+            cache_k = cache_k.at[rows, write_positions].set(k.astype(cache_k.dtype), mode="drop")
+            cache_v = cache_v.at[rows, write_positions].set(v.astype(cache_v.dtype), mode="drop")
+            layer_k, layer_v = cache_k, cache_v
+        else:  # stacked layout: write only the new positions of layer `layer_index`
+            cache_k = cache_k.at[layer_index, rows, write_positions].set(k.astype(cache_k.dtype), mode="drop")
+            cache_v = cache_v.at[layer_index, rows, write_positions].set(v.astype(cache_v.dtype), mode="drop")
+            layer_k, layer_v = cache_k[layer_index], cache_v[layer_index]
+        attn = attend(q, layer_k, layer_v, q_start, kv_len, block_size=self.block_size, impl=self.attention_impl)
         attn = attn.reshape(batch, num_tokens, c.q_size)
         x = x + attn @ self.param("o", _dense_init(c.q_size), (c.q_size, c.hidden_size), self.dtype)
 
@@ -124,20 +131,23 @@ class Decoder(nn.Module):
     dtype: Any = jnp.bfloat16
     block_size: int | None = None  # None: causal (AR); an int: block-causal (block diffusion)
     attention_impl: str = "auto"
-    unroll_layers: bool = False
+    layout: str = STACKED
 
     def setup(self):
         c = self.config
         self.embed = self.param("embed", nn.initializers.normal(1.0), (c.vocab_size, c.hidden_size), self.dtype)
-        ScannedLayers = nn.scan(
-            DecoderLayer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=c.num_layers,
-            unroll=c.num_layers if self.unroll_layers else 1,
-        )
-        self.layers = ScannedLayers(c, self.dtype, self.block_size, self.attention_impl)
+        if self.layout == STACKED:
+            ScannedLayers = nn.scan(
+                DecoderLayer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=c.num_layers,
+            )
+            self.layers = ScannedLayers(c, self.dtype, self.block_size, self.attention_impl)
+        else:  # params "layer_0", "layer_1", ...
+            self.layer = [DecoderLayer(c, self.dtype, self.block_size, self.attention_impl)
+                          for _ in range(c.num_layers)]
         self.final_norm = RMSNorm(c.rms_norm_eps, self.dtype)
         if not c.tie_word_embeddings:
             self.lm_head = self.param("lm_head", _dense_init(c.hidden_size), (c.hidden_size, c.vocab_size),
@@ -153,8 +163,18 @@ class Decoder(nn.Module):
         positions = cache.length[:, None] + jnp.arange(num_tokens, dtype=jnp.int32)[None, :]
         cos, sin = rope_tables(self.config, positions)
         x = jnp.take(self.embed, tokens, axis=0)
-        (x, k, v), _ = self.layers((x, cache.k, cache.v), jnp.arange(self.config.num_layers), cos, sin,
-                                   positions, cache.length, cache.length + num_tokens)
+        kv_len = cache.length + num_tokens
+        if (self.layout == PER_LAYER) != isinstance(cache.k, (tuple, list)):
+            raise ValueError(f"the KV cache layout does not match the params layout ({self.layout}); create the "
+                             f"cache with KVCache.create(..., layout='{self.layout}')")
+        if self.layout == STACKED:
+            (x, k, v), _ = self.layers((x, cache.k, cache.v), jnp.arange(self.config.num_layers), cos, sin,
+                                       positions, cache.length, kv_len)
+        else:
+            k, v = list(cache.k), list(cache.v)
+            for i, layer in enumerate(self.layer):
+                (x, k[i], v[i]), _ = layer((x, k[i], v[i]), None, cos, sin, positions, cache.length, kv_len)
+            k, v = tuple(k), tuple(v)
         return self.final_norm(x), cache.replace(k=k, v=v)
 
     def logits(self, hidden):
@@ -164,14 +184,44 @@ class Decoder(nn.Module):
 
 
 @functools.lru_cache(maxsize=None)
-def _module(config: ModelConfig, dtype, block_size, attention_impl, unroll_layers=False) -> Decoder:
-    return Decoder(config, dtype=dtype, block_size=block_size, attention_impl=attention_impl,
-                   unroll_layers=unroll_layers)
+def _module(config: ModelConfig, dtype, block_size, attention_impl, layout=STACKED) -> Decoder:
+    return Decoder(config, dtype=dtype, block_size=block_size, attention_impl=attention_impl, layout=layout)
 
 
-def default_unroll_layers() -> bool:
-    """Unroll the layer loop where a rolled loop is measured to copy weights (XLA:GPU); see module docstring."""
-    return jax.default_backend() == "gpu"
+def layout_of(params: Params) -> str:
+    return STACKED if "layers" in params else PER_LAYER
+
+
+def unstack_layers(params: Params, *, free_stacked: bool = False) -> Params:
+    """Stacked → per-layer params. ``free_stacked`` deletes each stacked array once split (peak memory: one
+    extra weight, not a second model)."""
+    if layout_of(params) == PER_LAYER:
+        return params
+    out = {k: v for k, v in params.items() if k != "layers"}
+    paths_and_leaves = jax.tree_util.tree_leaves_with_path(params["layers"])
+    num_layers = paths_and_leaves[0][1].shape[0]
+    per_layer = [{} for _ in range(num_layers)]
+    for path, leaf in paths_and_leaves:
+        keys = [p.key for p in path]
+        for i in range(num_layers):
+            node = per_layer[i]
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = leaf[i]
+        if free_stacked and isinstance(leaf, jax.Array):
+            leaf.delete()
+    out.update({f"layer_{i}": p for i, p in enumerate(per_layer)})
+    return out
+
+
+def stack_layers(params: Params) -> Params:
+    """Per-layer → stacked params (the checkpoint layout)."""
+    if layout_of(params) == STACKED:
+        return params
+    names = sorted((k for k in params if k.startswith("layer_")), key=lambda k: int(k.split("_")[1]))
+    out = {k: v for k, v in params.items() if not k.startswith("layer_")}
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[k] for k in names])
+    return out
 
 
 def params_dtype(params: Params):
@@ -184,26 +234,31 @@ def default_block_size(config: ModelConfig) -> int | None:
 
 
 def decode(config: ModelConfig, params: Params, tokens, cache: KVCache, *, block_size="default",
-           attention_impl: str = "auto", unroll_layers: bool | None = None):
+           attention_impl: str = "auto"):
     """Pure forward: (final hidden [B, T, D], cache with the block's K/V written; length unchanged)."""
     block_size = default_block_size(config) if block_size == "default" else block_size
-    unroll_layers = default_unroll_layers() if unroll_layers is None else unroll_layers
-    module = _module(config, params_dtype(params), block_size, attention_impl, unroll_layers)
+    module = _module(config, params_dtype(params), block_size, attention_impl, layout_of(params))
     return module.apply({"params": params}, tokens, cache)
 
 
 def logits(config: ModelConfig, params: Params, hidden):
-    module = _module(config, params_dtype(params), None, "auto")
+    module = _module(config, params_dtype(params), None, "auto", layout_of(params))
     return module.apply({"params": params}, hidden, method=Decoder.logits)
 
 
-def init_params(config: ModelConfig, rng, dtype=jnp.bfloat16) -> Params:
-    """Random parameters (for tests and benchmarks at real shapes)."""
-    module = _module(config, dtype, None, "reference")
-    cache = KVCache.create(config, 1, 1, dtype)
+def new_cache(config: ModelConfig, params: Params, batch: int, max_len: int) -> KVCache:
+    """An empty KV cache in the params' layout and dtype."""
+    return KVCache.create(config, batch, max_len, params_dtype(params), layout=layout_of(params))
+
+
+def init_params(config: ModelConfig, rng, dtype=jnp.bfloat16, layout: str | None = None) -> Params:
+    """Random parameters (for tests and benchmarks at real shapes), in the platform's layout by default."""
+    layout = layout or default_layout()
+    module = _module(config, dtype, None, "reference", layout)
+    cache = KVCache.create(config, 1, 1, dtype, layout=layout)
     return module.init(rng, jnp.zeros((1, 1), jnp.int32), cache)["params"]
 
 
-def param_shapes(config: ModelConfig, dtype=jnp.bfloat16) -> Params:
-    """The params pytree as ShapeDtypeStructs, without allocating anything."""
-    return jax.eval_shape(functools.partial(init_params, config, dtype=dtype), jax.random.key(0))
+def param_shapes(config: ModelConfig, dtype=jnp.bfloat16, layout: str = STACKED) -> Params:
+    """The params pytree as ShapeDtypeStructs (the checkpoint layout by default), without allocating anything."""
+    return jax.eval_shape(functools.partial(init_params, config, dtype=dtype, layout=layout), jax.random.key(0))

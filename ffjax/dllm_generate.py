@@ -26,7 +26,6 @@ from ffjax.checkpoint import Model
 from ffjax.config import ModelConfig
 from ffjax.executables import donate_on_accelerators
 from ffjax.inputs import as_prompt_batch, check_generation_args, unbatch_tokens
-from ffjax.kv_cache import KVCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +79,7 @@ def _finished(state: drafter.DraftState, prompt_len, max_new_tokens, eos_id):
 
 
 def _prefill(config: ModelConfig, params, padded_prompt, prompt_len, *, cache_len: int):
-    cache = KVCache.create(config, padded_prompt.shape[0], cache_len, decoder.params_dtype(params))
+    cache = decoder.new_cache(config, params, padded_prompt.shape[0], cache_len)
     state, _ = drafter.start(config, params, cache, padded_prompt, prompt_len, prefill_chunk=padded_prompt.shape[1])
     return state
 

@@ -9,12 +9,22 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Hashable
 
+import jax
+
 _compiled: dict[Hashable, Any] = {}
 compile_seconds = {"total": 0.0}
 
 
-def get(key: Hashable, jitted: Callable, *example_args) -> tuple[Any, float]:
-    """(executable, seconds spent compiling it now: 0.0 on a cache hit)."""
+def _signature(args) -> tuple:
+    """Pytree structure, shapes and dtypes of the arguments: what a compiled executable is specialised to."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    return treedef, tuple((getattr(x, "shape", ()), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
+
+
+def get(key: tuple, jitted: Callable, *example_args) -> tuple[Any, float]:
+    """(executable, seconds spent compiling it now: 0.0 on a cache hit). ``key`` names the program and its
+    static arguments; the arguments' structure, shapes and dtypes are added to it here."""
+    key = (*key, _signature(example_args))
     if key in _compiled:
         return _compiled[key], 0.0
     start = time.perf_counter()
@@ -26,7 +36,6 @@ def get(key: Hashable, jitted: Callable, *example_args) -> tuple[Any, float]:
 
 def donate_on_accelerators(*argnums: int) -> tuple[int, ...]:
     """Buffer donation lets XLA update caches in place; the CPU backend cannot use it (and warns), so skip it."""
-    import jax
     return argnums if jax.default_backend() != "cpu" else ()
 
 

@@ -10,12 +10,11 @@ import jax.numpy as jnp
 from ffjax import decoder, executables, shapes
 from ffjax.checkpoint import Model
 from ffjax.inputs import as_prompt_batch
-from ffjax.kv_cache import KVCache
 
 
 def _full_logits(config, params, tokens):
     batch, length = tokens.shape
-    cache = KVCache.create(config, batch, shapes.round_up(length, 16), decoder.params_dtype(params))
+    cache = decoder.new_cache(config, params, batch, shapes.round_up(length, 16))
     hidden, _ = decoder.decode(config, params, tokens, cache)
     return decoder.logits(config, params, hidden)
 

@@ -18,7 +18,6 @@ from ffjax.executables import donate_on_accelerators
 from ffjax.checkpoint import Model
 from ffjax.config import ModelConfig
 from ffjax.inputs import as_prompt_batch, check_generation_args, unbatch_tokens
-from ffjax.kv_cache import KVCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +57,7 @@ def _next_token(logits, key, temperature, greedy: bool):
 def _prefill(config: ModelConfig, params, padded_prompt, prompt_len, cache_len: int):
     """Runs the padded prompt in one pass; returns the last real position's logits and the cache."""
     batch = padded_prompt.shape[0]
-    cache = KVCache.create(config, batch, cache_len, decoder.params_dtype(params))
+    cache = decoder.new_cache(config, params, batch, cache_len)
     hidden, cache = decoder.decode(config, params, padded_prompt, cache)
     last_hidden = hidden[jnp.arange(batch), prompt_len - 1]
     return decoder.logits(config, params, last_hidden), cache.with_length(prompt_len)

@@ -161,11 +161,10 @@ def _verify(ff: FailFastConfig, vcfg, vparams, cache: KVCache, seq, n, k):
 def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, prompt_len, max_new_tokens, eos_id,
                tau, threshold, *, cache_len: int, max_rounds: int):
     batch, bucket = padded_prompt.shape
-    dtype_v, dtype_d = decoder.params_dtype(vparams), decoder.params_dtype(dparams)
     seq = jnp.zeros((batch, cache_len), jnp.int32).at[:, :bucket].set(padded_prompt)
 
     # Verifier prefill: the first new token is the verifier's own.
-    vcache = KVCache.create(vcfg, batch, cache_len, dtype_v)
+    vcache = decoder.new_cache(vcfg, vparams, batch, cache_len)
     hidden, vcache = decoder.decode(vcfg, vparams, padded_prompt, vcache)
     rows = jnp.arange(batch)
     first = jnp.argmax(decoder.logits(vcfg, vparams, hidden[rows, prompt_len - 1]), axis=-1).astype(jnp.int32)
@@ -173,7 +172,7 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
     vcache = vcache.with_length(prompt_len)
     n = prompt_len + 1
 
-    dcache = KVCache.create(dcfg, batch, cache_len, dtype_d)
+    dcache = decoder.new_cache(dcfg, dparams, batch, cache_len)
     if dcfg.is_dllm:
         # Complete prompt blocks in one pass (later rounds prefill at most a block or two at a time).
         chunk = shapes.round_up(bucket, dcfg.bd_size)
