@@ -44,6 +44,7 @@ def main():
     parser.add_argument("--shape", default="qwen2.5-1.5b")
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--new", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     vcfg = common.shape_config(args.shape)
@@ -56,9 +57,9 @@ def main():
     ff = FailFastConfig()
 
     speculate(verifier, draft_model, prompt, args.new, config=ff)  # compile
-    runs = [speculate(verifier, draft_model, prompt, args.new, config=ff).stats for _ in range(3)]
+    runs = [speculate(verifier, draft_model, prompt, args.new, config=ff).stats for _ in range(args.repeats)]
     stats = min(runs, key=lambda s: s.wall_time_s)
-    vanilla = min((generate(verifier, prompt, args.new).stats for _ in range(3)), key=lambda s: s.total_s)
+    vanilla = min((generate(verifier, prompt, args.new).stats for _ in range(args.repeats)), key=lambda s: s.total_s)
 
     # The same forwards, alone: a drafter pass over one 32-token block, a verification of an 11-token draft
     # (bucket 16), each over a cache of `context` tokens.
