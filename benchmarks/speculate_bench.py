@@ -34,9 +34,11 @@ from ffjax.speculate import speculate  # noqa: E402
 def in_loop_seconds(step, carry, iterations: int = 64) -> float:
     """Seconds per call of ``step(carry) -> carry`` run back to back inside one jitted loop: the cost a forward
     has inside the speculative loop, without the per-call dispatch a lone jitted call pays."""
-    loop = jax.jit(lambda c: jax.lax.fori_loop(0, iterations, lambda _, c: step(c), c))
-    compiled = loop.lower(carry).compile()
-    return common.time_fn(lambda: compiled(carry), repeats=5, warmup=1) / iterations
+    # A traced trip count: XLA must not unroll 64 copies of a whole model forward.
+    loop = jax.jit(lambda c, n: jax.lax.fori_loop(0, n, lambda _, c: step(c), c))
+    count = jnp.int32(iterations)
+    compiled = loop.lower(carry, count).compile()
+    return common.time_fn(lambda: compiled(carry, count), repeats=5, warmup=1) / iterations
 
 
 def main():
