@@ -25,30 +25,18 @@ from ffjax import decoder, drafter, executables, shapes
 from ffjax.checkpoint import Model
 from ffjax.config import ModelConfig
 from ffjax.executables import donate_on_accelerators
+from ffjax.generate import DecodeTimings
 from ffjax.inputs import as_prompt_batch, check_generation_args, unbatch_tokens
 
 
 @dataclasses.dataclass(frozen=True)
-class DllmGenerateStats:
-    prompt_tokens: int
-    new_tokens: int  # summed over rows
+class DllmGenerateStats(DecodeTimings):  # new_tokens is summed over rows
     forward_passes: int  # batched drafter passes run, prefill included
     row_forward_passes: tuple[int, ...]  # passes each row needed (a finished row rides along without counting)
-    compile_s: float  # spent compiling on this call (0 when the executables were already cached)
-    prefill_s: float
-    decode_s: float
-
-    @property
-    def total_s(self) -> float:
-        return self.prefill_s + self.decode_s
 
     @property
     def tokens_per_forward(self) -> float:
         return self.new_tokens / self.forward_passes if self.forward_passes else float("nan")
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.total_s if self.total_s > 0 else float("nan")
 
 
 @dataclasses.dataclass(frozen=True)

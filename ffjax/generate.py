@@ -21,7 +21,9 @@ from ffjax.inputs import as_prompt_batch, check_generation_args, unbatch_tokens
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerateStats:
+class DecodeTimings:
+    """What every decoding entry point reports about its own call."""
+
     prompt_tokens: int
     new_tokens: int
     compile_s: float  # spent compiling on this call (0 when the executables were already cached)
@@ -36,6 +38,9 @@ class GenerateStats:
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.total_s if self.total_s > 0 else float("nan")
 
+
+@dataclasses.dataclass(frozen=True)
+class GenerateStats(DecodeTimings):
     @property
     def decode_ms_per_token(self) -> float:
         steps = max(self.new_tokens - 1, 1)  # the first token comes from prefill
