@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffjax.attention import attend
+from ffjax.attention import attend, resolve_impl
 from ffjax.config import ModelConfig
 from ffjax.kv_cache import PER_LAYER, STACKED, KVCache, default_layout
 
@@ -162,7 +162,11 @@ class Decoder(nn.Module):
         num_tokens = tokens.shape[1]
         positions = cache.length[:, None] + jnp.arange(num_tokens, dtype=jnp.int32)[None, :]
         cos, sin = rope_tables(self.config, positions)
-        x = jnp.take(self.embed, tokens, axis=0)
+        if num_tokens > cache.max_len:
+            raise ValueError(f"a block of {num_tokens} tokens cannot fit a KV cache of {cache.max_len} positions")
+        # Clip, not fill: an id past this table (a drafter fed a larger verifier vocabulary's token) must not
+        # turn into a NaN embedding that poisons the cache; such drafts are simply wrong, never accepted.
+        x = jnp.take(self.embed, tokens, axis=0, mode="clip")
         kv_len = cache.length + num_tokens
         if (self.layout == PER_LAYER) != isinstance(cache.k, (tuple, list)):
             raise ValueError(f"the KV cache layout does not match the params layout ({self.layout}); create the "
@@ -234,9 +238,12 @@ def default_block_size(config: ModelConfig) -> int | None:
 
 
 def decode(config: ModelConfig, params: Params, tokens, cache: KVCache, *, block_size="default",
-           attention_impl: str = "auto"):
-    """Pure forward: (final hidden [B, T, D], cache with the block's K/V written; length unchanged)."""
+           attention_impl: str | None = None):
+    """Pure forward: (final hidden [B, T, D], cache with the block's K/V written; length unchanged).
+
+    ``attention_impl``: "auto" (the platform's kernel) or "reference"; default from $FFJAX_ATTENTION, else auto."""
     block_size = default_block_size(config) if block_size == "default" else block_size
+    attention_impl = resolve_impl(attention_impl)
     module = _module(config, params_dtype(params), block_size, attention_impl, layout_of(params))
     return module.apply({"params": params}, tokens, cache)
 

@@ -26,7 +26,7 @@ from ffjax.checkpoint import Model
 from ffjax.config import ModelConfig
 from ffjax.executables import donate_on_accelerators
 from ffjax.generate import DecodeTimings
-from ffjax.inputs import as_prompt_batch, check_generation_args, unbatch_tokens
+from ffjax.inputs import as_prompt_batch, check_generation_args, check_unit_interval, pad_to_bucket, unbatch_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +49,8 @@ def check_dllm_args(config: ModelConfig, threshold, small_block_size) -> None:
     if not config.is_dllm:
         raise ValueError(f"dllm_generate needs a block-diffusion (Fast-dLLM v2) model; model_type "
                          f"{config.model_type!r} is autoregressive (use ffjax.generate)")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)) \
-            or not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    if isinstance(small_block_size, bool) or not isinstance(small_block_size, (int, np.integer)) \
-            or small_block_size < 1 or config.bd_size % small_block_size:
-        raise ValueError(f"small_block_size must be a positive divisor of the model's bd_size ({config.bd_size}), "
-                         f"got {small_block_size!r}")
+    check_unit_interval("threshold", threshold)
+    drafter.check_small_block_size(config, small_block_size)
 
 
 def _finished(state: drafter.DraftState, prompt_len, max_new_tokens, eos_id):
@@ -68,7 +63,8 @@ def _finished(state: drafter.DraftState, prompt_len, max_new_tokens, eos_id):
 
 def _prefill(config: ModelConfig, params, padded_prompt, prompt_len, *, cache_len: int):
     cache = decoder.new_cache(config, params, padded_prompt.shape[0], cache_len)
-    state, _ = drafter.start(config, params, cache, padded_prompt, prompt_len, prefill_chunk=padded_prompt.shape[1])
+    state, _ = drafter.start(config, params, cache, padded_prompt, prompt_len,
+                             prefill_chunk=shapes.round_up(padded_prompt.shape[1], config.bd_size))
     return state
 
 
@@ -112,19 +108,18 @@ def dllm_generate(model: Model, prompt_ids, max_new_tokens: int, *, threshold: f
     config = model.config
     check_dllm_args(config, threshold, small_block_size)
     prompt, was_1d = as_prompt_batch(prompt_ids, config)
-    check_generation_args(config, max_new_tokens, eos_id=eos_id)
+    check_generation_args(config, prompt.shape[1], max_new_tokens, eos_id=eos_id)
     if eos_id is not None and eos_id == config.mask_token_id:
         raise ValueError(f"eos_id {eos_id} is the mask token, which is never emitted")
     if np.any(prompt == config.mask_token_id):
         raise ValueError(f"prompt_ids contain the mask token id {config.mask_token_id}")
     batch, prompt_len = prompt.shape
-    bucket = shapes.prompt_bucket(prompt_len)
+    padded = pad_to_bucket(prompt)
+    bucket = padded.shape[1]
     capacity = shapes.new_tokens_bucket(max_new_tokens)
     # Room for every block up to the last generated position (a pass writes its whole block).
     cache_len = shapes.cache_length(prompt_len, max_new_tokens, extra=config.bd_size)
 
-    padded = np.zeros((batch, bucket), np.int32)
-    padded[:, :prompt_len] = prompt
     lengths = jnp.full((batch,), prompt_len, jnp.int32)
     prefill_args = (model.params, jnp.asarray(padded), lengths)
     prefill_exe, compile_a = executables.get(

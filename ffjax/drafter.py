@@ -98,6 +98,15 @@ class StepReport:
     unmasked: jax.Array  # [B, bd] bool
 
 
+def check_small_block_size(config: ModelConfig, small_block_size) -> None:
+    """Sub-blocks must tile the drafter's blocks."""
+    bd = _check_dllm(config)
+    if isinstance(small_block_size, bool) or not isinstance(small_block_size, int) or small_block_size < 1 \
+            or bd % small_block_size:
+        raise ValueError(f"small_block_size must be a positive divisor of the drafter's block size {bd}, "
+                         f"got {small_block_size!r}")
+
+
 def _check_dllm(config: ModelConfig) -> int:
     if not config.is_dllm:
         raise ValueError(f"the drafter needs a block-diffusion model (bd_size set); {config.model_type} is not one")
@@ -140,13 +149,16 @@ def rollback(config: ModelConfig, cache: KVCache, valid_len) -> KVCache:
     return cache.with_length(jnp.minimum(cache.length, (jnp.asarray(valid_len, jnp.int32) // bd) * bd))
 
 
-def _prefill(config: ModelConfig, params, cache: KVCache, sequence, target, chunk: int):
+def prefill(config: ModelConfig, params, cache: KVCache, sequence, target, chunk: int):
     """Writes K/V of sequence[cache.length : target) (whole blocks) in passes of ``chunk`` tokens.
 
     Returns (cache with length = target, passes per row, (token, confidence) predicted from position target - 1
     by the pass that covered it). Tokens past ``target`` in a pass only produce dead keys (block-causal: no query
     below ``target`` sees them).
     """
+    if chunk % _check_dllm(config):
+        # A block split across passes would not see its own later keys (block-causal attention).
+        raise ValueError(f"prefill chunk {chunk} must be a multiple of the block size {config.bd_size}")
     batch, seq_len = sequence.shape
     offsets = jnp.arange(chunk, dtype=jnp.int32)
 
@@ -186,7 +198,7 @@ def start(config: ModelConfig, params, cache: KVCache, sequence, n, *, prefill_c
     on_boundary = (n % bd) == 0
     # At a block boundary the first token comes from the pass over the previous block: make sure one runs.
     resume = jnp.minimum(cache.length, jnp.maximum(jnp.where(on_boundary, block_start - bd, block_start), 0))
-    cache, passes, first_token, first_conf = _prefill(config, params, cache.with_length(resume), sequence,
+    cache, passes, first_token, first_conf = prefill(config, params, cache.with_length(resume), sequence,
                                                       block_start, prefill_chunk)
 
     j = jnp.arange(bd, dtype=jnp.int32)[None, :]
@@ -207,8 +219,7 @@ def start(config: ModelConfig, params, cache: KVCache, sequence, n, *, prefill_c
 def _advance(config: ModelConfig, params, state: DraftState, threshold, small_block_size: int, active,
              allow_step: bool, allow_commit: bool):
     bd = _check_dllm(config)
-    if small_block_size <= 0 or bd % small_block_size:
-        raise ValueError(f"small_block_size {small_block_size} must be a positive divisor of bd_size {bd}")
+    check_small_block_size(config, small_block_size)
     batch = state.tokens.shape[0]
     active = _rows(active, batch)
     has_mask = jnp.any(state.masked, axis=1)

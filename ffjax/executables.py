@@ -24,7 +24,8 @@ def _signature(args) -> tuple:
 def get(key: tuple, jitted: Callable, *example_args) -> tuple[Any, float]:
     """(executable, seconds spent compiling it now: 0.0 on a cache hit). ``key`` names the program and its
     static arguments; the arguments' structure, shapes and dtypes are added to it here."""
-    key = (*key, _signature(example_args))
+    from ffjax.attention import resolve_impl
+    key = (*key, resolve_impl(), _signature(example_args))
     if key in _compiled:
         return _compiled[key], 0.0
     start = time.perf_counter()

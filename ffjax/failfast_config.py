@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+
+from ffjax.inputs import check_unit_interval, is_integer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -11,9 +12,10 @@ class FailFastConfig:
     """FailFast's knobs (defaults from the paper).
 
     Draft-length rule (ffjax's exact rule): the window starts at ``init_spec_len`` tokens. Whenever every position
-    of the window is unmasked: stop if any drafted token in it was unmasked with confidence < ``tau`` (fail fast);
+    of the window is unmasked: stop if any token unmasked so far this round had confidence < ``tau`` when it was
+    unmasked — tokens past the window that a sub-block step unmasked too count, as in the reference (fail fast);
     else stop if the window has reached ``max_spec_len``; else grow it by ``incr_len``, never past
-    ``max_spec_len`` (win big). A draft therefore never exceeds ``max_spec_len`` tokens. (The reference prototype
+    ``max_spec_len`` (win big). The draft is the window. A draft therefore never exceeds ``max_spec_len`` tokens. (The reference prototype
     compares its cap with the number of recorded confidences, which counts more than the draft, so its drafts
     reach ~70 with a cap of 60; set ``max_spec_len=70`` for drafts of that reach.)
     ``dynamic=False`` is the fixed-length baseline: exactly ``init_spec_len`` drafted tokens per round.
@@ -32,12 +34,10 @@ class FailFastConfig:
 
     def __post_init__(self):
         for name in ("tau", "drafter_threshold"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or math.isnan(value):
-                raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+            object.__setattr__(self, name, check_unit_interval(name, getattr(self, name)))
         for name in ("init_spec_len", "incr_len", "max_spec_len", "small_block_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not is_integer(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.init_spec_len > self.max_spec_len:
             raise ValueError(f"init_spec_len ({self.init_spec_len}) exceeds max_spec_len ({self.max_spec_len})")

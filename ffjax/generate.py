@@ -17,7 +17,7 @@ from ffjax import decoder, executables, shapes
 from ffjax.executables import donate_on_accelerators
 from ffjax.checkpoint import Model
 from ffjax.config import ModelConfig
-from ffjax.inputs import as_prompt_batch, check_generation_args, unbatch_tokens
+from ffjax.inputs import as_prompt_batch, check_autoregressive, check_generation_args, pad_to_bucket, unbatch_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,7 @@ def _next_token(logits, key, temperature, greedy: bool):
     return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
 
 
-def _prefill(config: ModelConfig, params, padded_prompt, prompt_len, cache_len: int):
+def prefill(config: ModelConfig, params, padded_prompt, prompt_len, cache_len: int):
     """Runs the padded prompt in one pass; returns the last real position's logits and the cache."""
     batch = padded_prompt.shape[0]
     cache = decoder.new_cache(config, params, batch, cache_len)
@@ -101,21 +101,21 @@ def generate(model: Model, prompt_ids, max_new_tokens: int, *, eos_id: int | Non
     ``eos_id=None`` generates exactly ``max_new_tokens``; otherwise each row stops after its first ``eos_id``.
     """
     config = model.config
+    check_autoregressive(config, "model of generate")
     prompt, was_1d = as_prompt_batch(prompt_ids, config)
-    check_generation_args(config, max_new_tokens, eos_id=eos_id, temperature=temperature)
     batch, prompt_len = prompt.shape
-    bucket = shapes.prompt_bucket(prompt_len)
+    check_generation_args(config, prompt_len, max_new_tokens, eos_id=eos_id, temperature=temperature)
+    padded = pad_to_bucket(prompt)
+    bucket = padded.shape[1]
     capacity = shapes.new_tokens_bucket(max_new_tokens)
     cache_len = shapes.cache_length(prompt_len, max_new_tokens)
     greedy = temperature == 0.0
 
-    padded = np.zeros((batch, bucket), np.int32)
-    padded[:, :prompt_len] = prompt
     lengths = jnp.full((batch,), prompt_len, jnp.int32)
     args_prefill = (model.params, jnp.asarray(padded), lengths)
     prefill_exe, compile_a = executables.get(
         ("generate.prefill", config, model.dtype, batch, bucket, cache_len),
-        jax.jit(functools.partial(_prefill, config, cache_len=cache_len)), *args_prefill)
+        jax.jit(functools.partial(prefill, config, cache_len=cache_len)), *args_prefill)
 
     start = time.perf_counter()
     first_logits, cache = prefill_exe(*args_prefill)

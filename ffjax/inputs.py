@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
+from ffjax import shapes
 from ffjax.config import ModelConfig
 
 
@@ -27,13 +31,45 @@ def as_prompt_batch(prompt_ids, config: ModelConfig) -> tuple[np.ndarray, bool]:
     return prompt.astype(np.int32), was_1d
 
 
-def check_generation_args(config: ModelConfig, max_new_tokens, *, eos_id=None, temperature=0.0) -> None:
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+def is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_unit_interval(name: str, value) -> float:
+    """The value as a float, if it is a real number in [0, 1]; else a ValueError naming it."""
+    if not is_real(value) or math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_autoregressive(config: ModelConfig, role: str) -> None:
+    if config.is_dllm:
+        raise ValueError(f"the {role} must be an autoregressive model; {config.model_type!r} is a block-diffusion "
+                         "model (use ffjax.dllm_generate, or pass it as the drafter of ffjax.speculate)")
+
+
+def check_generation_args(config: ModelConfig, prompt_len: int, max_new_tokens, *, eos_id=None,
+                          temperature=0.0) -> None:
+    if not is_integer(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if eos_id is not None and not 0 <= eos_id < config.vocab_size:
-        raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {config.vocab_size})")
-    if not np.isfinite(temperature) or temperature < 0:
+    if prompt_len + max_new_tokens > config.max_position_embeddings:
+        raise ValueError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"context of {config.max_position_embeddings} positions (max_position_embeddings)")
+    if eos_id is not None and (not is_integer(eos_id) or not 0 <= eos_id < config.vocab_size):
+        raise ValueError(f"eos_id must be a token id in [0, {config.vocab_size}), got {eos_id!r}")
+    if not is_real(temperature) or not np.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+
+
+def pad_to_bucket(prompt: np.ndarray) -> np.ndarray:
+    """[B, T] prompt right-padded with zeros to its bucket length (see ffjax/shapes.py)."""
+    padded = np.zeros((prompt.shape[0], shapes.prompt_bucket(prompt.shape[1])), np.int32)
+    padded[:, : prompt.shape[1]] = prompt
+    return padded
 
 
 def unbatch_tokens(out: np.ndarray, eos_id: int | None) -> list[np.ndarray]:

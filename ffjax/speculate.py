@@ -25,9 +25,9 @@ from flax import struct
 from ffjax import ar_drafter, decoder, draft_window, drafter, executables, shapes
 from ffjax.checkpoint import Model
 from ffjax.compatibility import check_drafter_matches_verifier
-from ffjax.executables import donate_on_accelerators
 from ffjax.failfast_config import FailFastConfig
-from ffjax.inputs import as_prompt_batch, check_generation_args, unbatch_tokens
+from ffjax.generate import prefill as prefill_verifier
+from ffjax.inputs import as_prompt_batch, check_autoregressive, check_generation_args, pad_to_bucket, unbatch_tokens
 from ffjax.kv_cache import KVCache
 
 
@@ -89,7 +89,11 @@ def _draft_diffusion(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap, tau,
     tokens, confidence = record(state, jnp.full((seq.shape[0], width), -1, jnp.int32),
                                 jnp.zeros((seq.shape[0], width), jnp.float32))
     window = draft_window.initial_window(ff, cap)
-    stop, window = draft_window.decide(ff, drafter.known_prefix(state) - n, confidence, window, cap, tau)
+
+    def decide(state, tokens, confidence, window):
+        return draft_window.decide(ff, drafter.known_prefix(state) - n, confidence, tokens >= 0, window, cap, tau)
+
+    stop, window = decide(state, tokens, confidence, window)
 
     def cond(carry):
         return ~jnp.all(carry[-1])
@@ -98,7 +102,7 @@ def _draft_diffusion(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap, tau,
         state, tokens, confidence, window, stop = carry
         state, _ = drafter.advance(dcfg, dparams, state, threshold, small_block_size=ff.small_block_size)
         tokens, confidence = record(state, tokens, confidence)
-        stop, window = draft_window.decide(ff, drafter.known_prefix(state) - n, confidence, window, cap, tau)
+        stop, window = decide(state, tokens, confidence, window)
         return state, tokens, confidence, window, stop
 
     state, tokens, confidence, window, _ = jax.lax.while_loop(cond, body, (state, tokens, confidence, window, stop))
@@ -111,7 +115,14 @@ def _draft_autoregressive(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap,
     del threshold
     width = ff.buckets[-1]
     batch = seq.shape[0]
-    window = draft_window.initial_window(ff, cap)
+    positions = jnp.arange(width)[None, :]
+
+    def decide(known, confidence, window):
+        return draft_window.decide(ff, known, confidence, positions < known[:, None], window, cap, tau)
+
+    known = jnp.zeros((batch,), jnp.int32)
+    confidence = jnp.zeros((batch, width), jnp.float32)
+    stop, window = decide(known, confidence, draft_window.initial_window(ff, cap))
 
     def cond(carry):
         return ~jnp.all(carry[-1])
@@ -123,11 +134,10 @@ def _draft_autoregressive(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap,
         seq = seq.at[rows, n + known].set(token, mode="drop")
         confidence = confidence.at[rows, known].set(conf, mode="drop")
         known = known + 1
-        stop, window = draft_window.decide(ff, known, confidence, window, cap, tau)
+        stop, window = decide(known, confidence, window)
         return seq, confidence, cache, known, forwards + 1, window, stop
 
-    init = (seq, jnp.zeros((batch, width), jnp.float32), cache, jnp.zeros((batch,), jnp.int32), jnp.int32(0),
-            window, jnp.zeros((batch,), bool))
+    init = (seq, confidence, cache, known, jnp.int32(0), window, stop)
     seq, _, cache, _, forwards, window, _ = jax.lax.while_loop(cond, body, init)
     return seq, window, cache, forwards
 
@@ -141,14 +151,17 @@ def _write(seq, tokens, start, count):
 
 
 def _verify(ff: FailFastConfig, vcfg, vparams, cache: KVCache, seq, n, k):
-    """One verifier forward over (seq[n-1], d_1..d_k) in the smallest bucket: (argmaxes [B, max bucket], cache)."""
+    """One verifier forward over (seq[n-1], d_1..d_k) in the smallest bucket: (the inputs as drafted,
+    argmaxes [B, max bucket], cache)."""
     width = ff.buckets[-1]
     rows = jnp.arange(seq.shape[0])[:, None]
     inputs = seq[rows, jnp.clip(n[:, None] - 1 + jnp.arange(width)[None, :], 0, seq.shape[1] - 1)]
-    inputs = jnp.clip(inputs, 0, vcfg.vocab_size - 1)  # drafts outside the verifier's table are simply rejected
 
     def branch(bucket):
         def run(inputs, cache):
+            # A draft id the verifier's table lacks (a larger drafter vocabulary) is fed clipped; the comparison
+            # below uses the draft as proposed, so it is never accepted.
+            inputs = jnp.clip(inputs, 0, vcfg.vocab_size - 1)
             hidden, cache = decoder.decode(vcfg, vparams, inputs[:, :bucket], cache)
             argmax = jnp.argmax(decoder.logits(vcfg, vparams, hidden), axis=-1).astype(jnp.int32)
             return jnp.pad(argmax, ((0, 0), (0, width - bucket))), cache
@@ -164,20 +177,19 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
     seq = jnp.zeros((batch, cache_len), jnp.int32).at[:, :bucket].set(padded_prompt)
 
     # Verifier prefill: the first new token is the verifier's own.
-    vcache = decoder.new_cache(vcfg, vparams, batch, cache_len)
-    hidden, vcache = decoder.decode(vcfg, vparams, padded_prompt, vcache)
-    rows = jnp.arange(batch)
-    first = jnp.argmax(decoder.logits(vcfg, vparams, hidden[rows, prompt_len - 1]), axis=-1).astype(jnp.int32)
-    seq = seq.at[rows, prompt_len].set(first)
-    vcache = vcache.with_length(prompt_len)
+    first_logits, vcache = prefill_verifier(vcfg, vparams, padded_prompt, jnp.full((batch,), prompt_len), cache_len)
+    first = jnp.argmax(first_logits, axis=-1).astype(jnp.int32)
+    seq = seq.at[:, prompt_len].set(first)
     n = prompt_len + 1
 
     dcache = decoder.new_cache(dcfg, dparams, batch, cache_len)
     if dcfg.is_dllm:
-        # Complete prompt blocks in one pass (later rounds prefill at most a block or two at a time).
+        # The prompt's complete blocks below the one holding n - 1, in one pass; the first round's start then
+        # runs only what it must (at a block boundary: the pass that predicts the new block's first token).
         chunk = shapes.round_up(bucket, dcfg.bd_size)
-        state, _ = drafter.start(dcfg, dparams, dcache, seq, n, prefill_chunk=chunk)
-        dcache, prefill_forwards = state.cache, jnp.sum(state.forwards)
+        target = jnp.full((batch,), ((n - 1) // dcfg.bd_size) * dcfg.bd_size, jnp.int32)
+        dcache, passes, _, _ = drafter.prefill(dcfg, dparams, dcache, seq, target, chunk)
+        prefill_forwards = jnp.sum(passes)
         draft = functools.partial(_draft_diffusion, ff, dcfg, dparams)
     else:
         dcache = ar_drafter.prefill(dcfg, dparams, dcache, padded_prompt, prompt_len)
@@ -189,7 +201,7 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
 
     def body(s: _Rounds):
         remaining = prompt_len + max_new_tokens - s.n  # tokens still to produce (one comes from the verifier)
-        cap = jnp.clip(remaining - 1, 1, ff.longest_draft)
+        cap = jnp.clip(remaining - 1, 0, ff.longest_draft)
         seq, k, dcache, dforwards = draft(s.drafter_cache, s.seq, s.n, cap, tau, threshold)
         inputs, argmax, vcache = _verify(ff, vcfg, vparams, s.verifier_cache, seq, s.n, k)
         i = jnp.arange(argmax.shape[1])[None, :]
@@ -218,22 +230,26 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
 def speculate(verifier: Model, drafter_model: Model, prompt_ids, max_new_tokens: int, *,
               config: FailFastConfig = FailFastConfig(), eos_id: int | None = None) -> SpeculateResult:
     """Greedy decoding of ``verifier`` accelerated by ``drafter_model`` (a Fast-dLLM v2 block-diffusion model, or
-    an AR model for the token-by-token baselines). The tokens are exactly ``generate(verifier, ...)``'s."""
+    an AR model for the token-by-token baselines).
+
+    The output is the verifier's own argmax at every position, so it equals ``generate(verifier, ...)`` token for
+    token in float32 (tested). In bf16 the k-token verification and the one-token decode step run different
+    kernels, so a near-tie between two logits can resolve differently: expect rare divergences there."""
+    check_autoregressive(verifier.config, "verifier")
     check_drafter_matches_verifier(verifier, drafter_model, config)
     prompt, was_1d = as_prompt_batch(prompt_ids, verifier.config)
-    check_generation_args(verifier.config, max_new_tokens, eos_id=eos_id)
+    for model in (verifier, drafter_model):
+        check_generation_args(model.config, prompt.shape[1], max_new_tokens, eos_id=eos_id)
     if prompt.shape[0] != 1:
         raise ValueError(f"speculate decodes one prompt at a time (batch 1), got a batch of {prompt.shape[0]}")
     if prompt.max() >= drafter_model.config.vocab_size:
         raise ValueError("prompt_ids hold ids outside the drafter's vocabulary")
     batch, prompt_len = prompt.shape
-    bucket = shapes.prompt_bucket(prompt_len)
+    padded = pad_to_bucket(prompt)
+    bucket = padded.shape[1]
     capacity = shapes.new_tokens_bucket(max_new_tokens)
     block = drafter_model.config.bd_size or 0
     cache_len = shapes.cache_length(prompt_len, max_new_tokens, extra=config.buckets[-1] + 2 * block)
-    padded = np.zeros((batch, bucket), np.int32)
-    padded[:, :prompt_len] = prompt
-
     args = (verifier.params, drafter_model.params, jnp.asarray(padded), jnp.int32(prompt_len),
             jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id), jnp.float32(config.tau),
             jnp.float32(config.drafter_threshold))

@@ -84,7 +84,19 @@ def test_no_recompilation_across_prompts_and_budgets_of_one_bucket(model):
     (dict(prompt_ids=[1, 2], max_new_tokens=0), ValueError, "max_new_tokens"),
     (dict(prompt_ids=[1, 2], max_new_tokens=4, eos_id=10_000), ValueError, "eos_id"),
     (dict(prompt_ids=[1, 2], max_new_tokens=4, temperature=-1.0), ValueError, "temperature"),
+    (dict(prompt_ids=[1, 2], max_new_tokens=True), ValueError, "max_new_tokens"),
+    (dict(prompt_ids=[1, 2], max_new_tokens=4, eos_id=2.7), ValueError, "eos_id"),
+    (dict(prompt_ids=[1, 2], max_new_tokens=QWEN.max_position_embeddings), ValueError, "max_position_embeddings"),
 ])
 def test_bad_inputs_are_refused_before_any_compute(model, kwargs, error, message):
     with pytest.raises(error, match=message):
         ffjax.generate(model, **kwargs)
+
+
+def test_attention_implementation_switch_is_validated(model, monkeypatch):
+    monkeypatch.setenv("FFJAX_ATTENTION", "refrence")
+    with pytest.raises(ValueError, match="unknown attention implementation"):
+        ffjax.generate(model, [1, 2, 3], 4)
+    monkeypatch.setenv("FFJAX_ATTENTION", "reference")
+    np.testing.assert_array_equal(ffjax.generate(model, [1, 2, 3], 4).tokens,
+                                  ffjax.generate(model, [1, 2, 3], 4).tokens)
