@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every GPU measurement behind BENCHMARKS.md, each step time-limited and logged to $OUT (so a step that hangs
+# or is killed still leaves the others' results). Split across device calls with STEPS, e.g.
+#   STEPS="decode hf" bash benchmarks/run_gpu_suite.sh      # then   STEPS="dllm speculate" ...
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/ffjax-bench}
+mkdir -p "$OUT"
+STEPS=${STEPS:-"decode hf dllm speculate"}
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee "$OUT/suite.log"
+run() {  # run NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($limit s): $*" | tee -a "$OUT/suite.log"
+  timeout "$limit" "$@" 2>&1 | grep --line-buffered -v -i -E 'warning|donation' | tee "$OUT/$name.log" | tail -12 \
+    | tee -a "$OUT/suite.log"
+}
+for step in $STEPS; do
+  case $step in
+    decode) run decode 420 python3 benchmarks/decode_bench.py --shapes qwen2.5-7b qwen2.5-1.5b ;;
+    hf) run hf 200 python3 benchmarks/hf_generate_bench.py ;;
+    dllm) run dllm 240 python3 benchmarks/dllm_bench.py ;;
+    speculate) run speculate 300 python3 benchmarks/speculate_bench.py --repeats 2 ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
