@@ -79,7 +79,10 @@ def _dense_init(fan_in):
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm transformer block; reads and writes its slice of the layer-stacked KV cache."""
+    """One pre-norm transformer block; reads and writes its slice of the layer-stacked KV cache.
+
+    With ``mask`` ([B, T, T] bool) it runs cache-free instead (training): the tokens attend to each other as the
+    mask says and the cache arrays in ``carry`` (None) are passed through untouched."""
 
     config: ModelConfig
     dtype: Any
@@ -87,7 +90,7 @@ class DecoderLayer(nn.Module):
     attention_impl: str
 
     @nn.compact
-    def __call__(self, carry, layer_index, rope_cos, rope_sin, write_positions, q_start, kv_len):
+    def __call__(self, carry, layer_index, rope_cos, rope_sin, write_positions, q_start, kv_len, mask=None):
         c = self.config
         x, cache_k, cache_v = carry
         batch, num_tokens, _ = x.shape
@@ -102,6 +105,9 @@ class DecoderLayer(nn.Module):
         k = apply_rope(k.reshape(batch, num_tokens, c.num_kv_heads, c.head_dim), rope_cos, rope_sin)
         v = v.reshape(batch, num_tokens, c.num_kv_heads, c.head_dim)
 
+        if mask is not None:  # training: no cache, an arbitrary dense mask (grouped K/V heads are shared)
+            attn = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
+            return self._rest(x, attn, cache_k, cache_v)
         # Write the block's keys first: the attention contract is that the cache already holds them.
         rows = jnp.arange(batch)[:, None]
         if layer_index is None:  # per-layer layout: this layer's own cache arrays
@@ -113,6 +119,12 @@ class DecoderLayer(nn.Module):
             cache_v = cache_v.at[layer_index, rows, write_positions].set(v.astype(cache_v.dtype), mode="drop")
             layer_k, layer_v = cache_k[layer_index], cache_v[layer_index]
         attn = attend(q, layer_k, layer_v, q_start, kv_len, block_size=self.block_size, impl=self.attention_impl)
+        return self._rest(x, attn, cache_k, cache_v)
+
+    def _rest(self, x, attn, cache_k, cache_v):
+        """Output projection and MLP: everything after attention."""
+        c = self.config
+        batch, num_tokens, _ = x.shape
         attn = attn.reshape(batch, num_tokens, c.q_size)
         x = x + attn @ self.param("o", _dense_init(c.q_size), (c.q_size, c.hidden_size), self.dtype)
 
@@ -141,7 +153,7 @@ class Decoder(nn.Module):
                 DecoderLayer,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=c.num_layers,
             )
             self.layers = ScannedLayers(c, self.dtype, self.block_size, self.attention_impl)
@@ -173,13 +185,27 @@ class Decoder(nn.Module):
                              f"cache with KVCache.create(..., layout='{self.layout}')")
         if self.layout == STACKED:
             (x, k, v), _ = self.layers((x, cache.k, cache.v), jnp.arange(self.config.num_layers), cos, sin,
-                                       positions, cache.length, kv_len)
+                                       positions, cache.length, kv_len, None)
         else:
             k, v = list(cache.k), list(cache.v)
             for i, layer in enumerate(self.layer):
                 (x, k[i], v[i]), _ = layer((x, k[i], v[i]), None, cos, sin, positions, cache.length, kv_len)
             k, v = tuple(k), tuple(v)
         return self.final_norm(x), cache.replace(k=k, v=v)
+
+    def masked(self, tokens, positions, mask):
+        """Cache-free forward for training: tokens [B, T] at RoPE positions [B, T], query i seeing key j where
+        mask [B, T, T] is True. Returns final hidden [B, T, D]. Same layers as ``__call__``; only the mask
+        differs."""
+        cos, sin = rope_tables(self.config, positions)
+        x = jnp.take(self.embed, tokens, axis=0, mode="clip")
+        if self.layout == STACKED:
+            (x, _, _), _ = self.layers((x, None, None), jnp.arange(self.config.num_layers), cos, sin, None, None,
+                                       None, mask)
+        else:
+            for layer in self.layer:
+                (x, _, _), _ = layer((x, None, None), None, cos, sin, None, None, None, mask)
+        return self.final_norm(x)
 
     def logits(self, hidden):
         """float32 logits [..., V] from final hidden states."""
@@ -246,6 +272,18 @@ def decode(config: ModelConfig, params: Params, tokens, cache: KVCache, *, block
     attention_impl = resolve_impl(attention_impl)
     module = _module(config, params_dtype(params), block_size, attention_impl, layout_of(params))
     return module.apply({"params": params}, tokens, cache)
+
+
+def forward_with_mask(config: ModelConfig, params: Params, tokens, positions, mask):
+    """Pure, differentiable, cache-free forward (training): final hidden [B, T, D] for tokens [B, T] at explicit
+    RoPE positions [B, T] ([T] broadcasts), attention allowed where mask [B, T, T] ([T, T] broadcasts) is True.
+    Every query must see at least one key."""
+    tokens = jnp.asarray(tokens)
+    batch, num_tokens = tokens.shape
+    positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), (batch, num_tokens))
+    mask = jnp.broadcast_to(jnp.asarray(mask, bool), (batch, num_tokens, num_tokens))
+    module = _module(config, params_dtype(params), None, "reference", layout_of(params))
+    return module.apply({"params": params}, tokens, positions, mask, method=Decoder.masked)
 
 
 def logits(config: ModelConfig, params: Params, hidden):
