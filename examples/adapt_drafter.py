@@ -2,7 +2,7 @@
 
     python examples/adapt_drafter.py --tiny                      # CPU, tiny random models built on the fly, < 1 min
     python examples/adapt_drafter.py --verifier DIR --base DIR --out DELTA_DIR \\
-        [--steps 300 --batch-size 8 --seq-len 512 --lr 2e-4 --rank 16 --num-prompts 256 --max-new-tokens 256]
+        [--steps 300 --batch-size 4 --seq-len 512 --lr 2e-4 --rank 16 --num-prompts 256 --max-new-tokens 256]
 
 1. Loads the verifier and the base (ffjax checkpoints, e.g. converted Qwen2.5-Coder 1.5B / 0.5B).
 2. Builds prompts from Python standard-library docstrings and source (never HumanEval), chat-formatted, all
@@ -17,10 +17,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import inspect
-import json
 import os
 import shutil
 import sys
@@ -144,7 +142,7 @@ def self_distillation_data(verifier, ids, *, prompt_len: int, seq_len: int, max_
     return x0, loss_mask, {"sequences": num, "answer_tokens": int(answer_tokens)}
 
 
-def make_tiny_pair(workdir: str, bd_size: int) -> tuple[str, str]:
+def make_tiny_pair(workdir: str) -> tuple[str, str]:
     """Writes a tiny random AR verifier and base as ffjax checkpoints (so the real loading path runs)."""
     config = ffjax.ModelConfig(model_type="qwen2", vocab_size=128, hidden_size=64, intermediate_size=128,
                                num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=10000.0,
@@ -170,7 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ffjax-adapt-drafter"))
     parser.add_argument("--dtype", default=None, help="params dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=8, help="clean sequences per step (x2 with the pair)")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="clean sequences per step; each gives a complementary pair of 2 x seq_len-token rows")
     parser.add_argument("--seq-len", type=int, default=512, help="multiple of the block size")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: seq_len - prompt_len")
@@ -190,7 +189,7 @@ def main(argv=None) -> int:
 
     if args.tiny:
         os.makedirs(args.workdir, exist_ok=True)
-        args.verifier, args.base = make_tiny_pair(args.workdir, args.bd_size)
+        args.verifier, args.base = make_tiny_pair(args.workdir)
         args.out = args.out or os.path.join(args.workdir, "delta")
         args.mask_token_id = 127 if args.mask_token_id is None else args.mask_token_id
         if "--steps" not in (argv or sys.argv):
