@@ -21,3 +21,16 @@ def test_compare_script_prints_every_method_and_writes_the_trajectory(tmp_path, 
         assert f"| {method} |" in table
     assert "False" not in table  # every method reproduced vanilla's tokens
     assert (out / "rounds.csv").read_text().startswith("method,round,accepted")
+
+
+def test_drafter_adaptation_script_trains_and_writes_a_delta_with_manifest(tmp_path, capsys):
+    import json
+
+    from examples import adapt_drafter
+
+    out = tmp_path / "delta"
+    assert adapt_drafter.main(["--tiny", "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (out / "delta.safetensors").exists()
+    assert manifest["steps"] == 30 and manifest["final_loss"] < manifest["loss_log"][0]["loss"]
+    assert manifest["base_model_sha256"] and manifest["delta_bytes"] > 0
