@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 
-import jax
 
 import pallas_kernels
-from pallas_kernels import reference
 
 # "auto": the platform's Pallas kernel where one exists, else the jnp reference. "reference": always jnp.
 ATTENTION_IMPL_ENV = "FFJAX_ATTENTION"
@@ -23,6 +21,6 @@ def resolve_impl(impl: str | None = None) -> str:
 
 def attend(q, k, v, q_start, kv_len, *, block_size: int | None, impl: str = "auto"):
     """q [B, Tq, Hq, D] over the cache k, v [B, S, Hkv, D]; causal if block_size is None, else block-causal."""
-    if impl == "reference" or jax.default_backend() == "cpu":
-        return reference.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size)
-    return pallas_kernels.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size)
+    # pallas_kernels picks the platform's kernel (the reference on CPU); "reference" forces the jnp version.
+    return pallas_kernels.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size,
+                                                 backend="reference" if impl == "reference" else None)

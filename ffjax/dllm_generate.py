@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -115,33 +114,21 @@ def dllm_generate(model: Model, prompt_ids, max_new_tokens: int, *, threshold: f
         raise ValueError(f"prompt_ids contain the mask token id {config.mask_token_id}")
     batch, prompt_len = prompt.shape
     padded = pad_to_bucket(prompt)
-    bucket = padded.shape[1]
     capacity = shapes.new_tokens_bucket(max_new_tokens)
     # Room for every block up to the last generated position (a pass writes its whole block).
     cache_len = shapes.cache_length(prompt_len, max_new_tokens, extra=config.bd_size)
 
     lengths = jnp.full((batch,), prompt_len, jnp.int32)
-    prefill_args = (model.params, jnp.asarray(padded), lengths)
-    prefill_exe, compile_a = executables.get(
-        ("dllm_generate.prefill", config, model.dtype, batch, bucket, cache_len),
-        jax.jit(functools.partial(_prefill, config, cache_len=cache_len)), *prefill_args)
-
-    start = time.perf_counter()
-    state = prefill_exe(*prefill_args)
-    jax.block_until_ready(state)
-    prefill_s = time.perf_counter() - start
-
-    loop_args = (model.params, state, lengths, jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id),
-                 jnp.float32(threshold))
-    loop_exe, compile_b = executables.get(
-        ("dllm_generate.decode", config, model.dtype, batch, cache_len, capacity, small_block_size),
+    state, compile_a, prefill_s = executables.run(
+        ("dllm_generate.prefill", config, cache_len), jax.jit(functools.partial(_prefill, config, cache_len=cache_len)),
+        model.params, jnp.asarray(padded), lengths)
+    (out, forwards), compile_b, decode_s = executables.run(
+        ("dllm_generate.decode", config, capacity, small_block_size),
         jax.jit(functools.partial(_decode_loop, config, small_block_size=small_block_size, capacity=capacity),
                 donate_argnums=donate_on_accelerators(1)),
-        *loop_args)
-    start = time.perf_counter()
-    out, forwards = loop_exe(*loop_args)
+        model.params, state, lengths, jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id),
+        jnp.float32(threshold))
     out, forwards = np.asarray(out), np.asarray(forwards)
-    decode_s = time.perf_counter() - start
 
     rows = unbatch_tokens(out[:, :max_new_tokens], eos_id)
     stats = DllmGenerateStats(

@@ -15,6 +15,14 @@ _compiled: dict[Hashable, Any] = {}
 compile_seconds = {"total": 0.0}
 
 
+def run(key: tuple, jitted: Callable, *args) -> tuple[Any, float, float]:
+    """(outputs, seconds compiling now, seconds running): compiles on first use, then times the run alone."""
+    executable, compile_s = get(key, jitted, *args)
+    start = time.perf_counter()
+    outputs = jax.block_until_ready(executable(*args))
+    return outputs, compile_s, time.perf_counter() - start
+
+
 def _signature(args) -> tuple:
     """Pytree structure, shapes and dtypes of the arguments: what a compiled executable is specialised to."""
     leaves, treedef = jax.tree_util.tree_flatten(args)

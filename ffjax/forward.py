@@ -23,7 +23,7 @@ def forward(model: Model, token_ids) -> jax.Array:
     """Logits [B, T, V] (float32) for token ids [B, T] placed at positions 0..T-1; [T] gives [T, V]."""
     tokens, was_1d = as_prompt_batch(token_ids, model.config)
     args = (model.params, jnp.asarray(tokens))
-    exe, _ = executables.get(("forward", model.config, model.dtype, tokens.shape),
+    exe, _ = executables.get(("forward", model.config),
                              jax.jit(functools.partial(_full_logits, model.config)), *args)
     logits = exe(*args)
     return logits[0] if was_1d else logits

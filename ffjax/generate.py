@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -106,33 +105,21 @@ def generate(model: Model, prompt_ids, max_new_tokens: int, *, eos_id: int | Non
     batch, prompt_len = prompt.shape
     check_generation_args(config, prompt_len, max_new_tokens, eos_id=eos_id, temperature=temperature)
     padded = pad_to_bucket(prompt)
-    bucket = padded.shape[1]
     capacity = shapes.new_tokens_bucket(max_new_tokens)
     cache_len = shapes.cache_length(prompt_len, max_new_tokens)
     greedy = temperature == 0.0
 
     lengths = jnp.full((batch,), prompt_len, jnp.int32)
-    args_prefill = (model.params, jnp.asarray(padded), lengths)
-    prefill_exe, compile_a = executables.get(
-        ("generate.prefill", config, model.dtype, batch, bucket, cache_len),
-        jax.jit(functools.partial(prefill, config, cache_len=cache_len)), *args_prefill)
-
-    start = time.perf_counter()
-    first_logits, cache = prefill_exe(*args_prefill)
-    first_logits.block_until_ready()
-    prefill_s = time.perf_counter() - start
-
-    loop_args = (model.params, cache, first_logits, jnp.int32(max_new_tokens),
-                 jnp.int32(-1 if eos_id is None else eos_id), jnp.float32(temperature), jax.random.key(seed))
-    loop_exe, compile_b = executables.get(
-        ("generate.decode", config, model.dtype, batch, cache_len, capacity, greedy),
+    (first_logits, cache), compile_a, prefill_s = executables.run(
+        ("generate.prefill", config, cache_len), jax.jit(functools.partial(prefill, config, cache_len=cache_len)),
+        model.params, jnp.asarray(padded), lengths)
+    (out, steps), compile_b, decode_s = executables.run(
+        ("generate.decode", config, capacity, greedy),
         jax.jit(functools.partial(_decode_loop, config, capacity=capacity, greedy=greedy),
                 donate_argnums=donate_on_accelerators(1)),
-        *loop_args)
-    start = time.perf_counter()
-    out, steps = loop_exe(*loop_args)
+        model.params, cache, first_logits, jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id),
+        jnp.float32(temperature), jax.random.key(seed))
     out = np.asarray(out)
-    decode_s = time.perf_counter() - start
 
     rows = unbatch_tokens(out[:, : int(steps)], eos_id)
     stats = GenerateStats(prompt_tokens=prompt_len, new_tokens=int(sum(len(r) for r in rows)),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -246,21 +245,17 @@ def speculate(verifier: Model, drafter_model: Model, prompt_ids, max_new_tokens:
         raise ValueError("prompt_ids hold ids outside the drafter's vocabulary")
     batch, prompt_len = prompt.shape
     padded = pad_to_bucket(prompt)
-    bucket = padded.shape[1]
     capacity = shapes.new_tokens_bucket(max_new_tokens)
     block = drafter_model.config.bd_size or 0
     cache_len = shapes.cache_length(prompt_len, max_new_tokens, extra=config.buckets[-1] + 2 * block)
-    args = (verifier.params, drafter_model.params, jnp.asarray(padded), jnp.int32(prompt_len),
-            jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id), jnp.float32(config.tau),
-            jnp.float32(config.drafter_threshold))
     fn = functools.partial(_speculate, config, verifier.config, drafter_model.config, cache_len=cache_len,
                            max_rounds=capacity)
-    exe, compile_s = executables.get(
-        ("speculate", config.static_key(), verifier.config, drafter_model.config, verifier.dtype,
-         drafter_model.dtype, bucket, cache_len, capacity), jax.jit(fn), *args)
-    start = time.perf_counter()
-    seq, n, rounds, drafted, accepted, dforwards, vforwards = jax.device_get(exe(*args))
-    wall = time.perf_counter() - start
+    outputs, compile_s, wall = executables.run(
+        ("speculate", config.static_key(), verifier.config, drafter_model.config, cache_len, capacity), jax.jit(fn),
+        verifier.params, drafter_model.params, jnp.asarray(padded), jnp.int32(prompt_len),
+        jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id), jnp.float32(config.tau),
+        jnp.float32(config.drafter_threshold))
+    seq, n, rounds, drafted, accepted, dforwards, vforwards = jax.device_get(outputs)
 
     generated = seq[:, prompt_len: int(n[0])][:, :max_new_tokens]
     rows = unbatch_tokens(generated, eos_id)
