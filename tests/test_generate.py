@@ -75,6 +75,16 @@ def test_no_recompilation_across_prompts_and_budgets_of_one_bucket(model):
     assert compiles == []
 
 
+def test_a_fixed_prompt_bucket_serves_prompts_of_several_buckets_with_one_program(model):
+    prompts = [np.random.RandomState(n).randint(0, tiny_models.VOCAB, n) for n in (9, 40, 70)]
+    expected = [ffjax.generate(model, p, 24).tokens for p in prompts]
+    ffjax.generate(model, prompts[0], 24, prompt_bucket=96)  # warm-up
+    before = executables.count()
+    for prompt, tokens in zip(prompts, expected):
+        np.testing.assert_array_equal(ffjax.generate(model, prompt, 24, prompt_bucket=96).tokens, tokens)
+    assert executables.count() == before
+
+
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(prompt_ids=[], max_new_tokens=4), ValueError, "at least one token"),
     (dict(prompt_ids=[1, 2, tiny_models.VOCAB], max_new_tokens=4), ValueError, "vocabulary"),
@@ -87,6 +97,7 @@ def test_no_recompilation_across_prompts_and_budgets_of_one_bucket(model):
     (dict(prompt_ids=[1, 2], max_new_tokens=True), ValueError, "max_new_tokens"),
     (dict(prompt_ids=[1, 2], max_new_tokens=4, eos_id=2.7), ValueError, "eos_id"),
     (dict(prompt_ids=[1, 2], max_new_tokens=QWEN.max_position_embeddings), ValueError, "max_position_embeddings"),
+    (dict(prompt_ids=[1, 2, 3], max_new_tokens=4, prompt_bucket=2), ValueError, "prompt_bucket"),
 ])
 def test_bad_inputs_are_refused_before_any_compute(model, kwargs, error, message):
     with pytest.raises(error, match=message):

@@ -147,6 +147,7 @@ def test_stats_account_for_every_token(models):
 def test_no_recompilation_for_new_prompts_and_thresholds(models):
     verifier, drafter = models["verifier"], models["dllm_twin"]
     speculate(verifier, drafter, prompt(11, 10), 30, config=SMALL)  # warm-up: prompt bucket 16
+    ffjax.generate(verifier, prompt(11, 10), 30)  # the reference's programs too (the test must pass alone)
     compiles = []
     listener = lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event else None
     jax.monitoring.register_event_duration_secs_listener(listener)
@@ -158,6 +159,31 @@ def test_no_recompilation_for_new_prompts_and_thresholds(models):
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert executables.count() == before and compiles == []
+
+
+@pytest.mark.parametrize("drafter", ["dllm_twin", "ar_unrelated"])
+def test_a_fixed_prompt_bucket_serves_prompts_of_several_buckets_with_one_program(models, drafter):
+    verifier, draft_model = models["verifier"], models[drafter]
+    prompts = [prompt(30 + n, n) for n in (5, 20, 50)]  # buckets 16, 32 and 64 by default
+    expected = [ffjax.generate(verifier, p, 30).tokens for p in prompts]
+    speculate(verifier, draft_model, prompts[0], 30, config=SMALL, prompt_bucket=80)  # warm-up
+    before = executables.count()
+    for p, tokens in zip(prompts, expected):
+        np.testing.assert_array_equal(speculate(verifier, draft_model, p, 30, config=SMALL, prompt_bucket=80).tokens,
+                                      tokens)
+    assert executables.count() == before
+
+
+@pytest.mark.parametrize("drafter, eos_id, max_new", [("dllm_twin", None, 37), ("dllm_unrelated", 3, 40),
+                                                     ("ar_unrelated", None, 9)])
+def test_streamed_tokens_arrive_round_by_round_and_add_up_to_the_output(models, drafter, eos_id, max_new):
+    chunks = []
+    result = speculate(models["verifier"], models[drafter], prompt(4, 12), max_new, config=SMALL, eos_id=eos_id,
+                       stream=chunks.append)
+    assert len(chunks) >= 2 and all(len(c) >= 1 for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), result.tokens)
+    np.testing.assert_array_equal(result.tokens, ffjax.generate(models["verifier"], prompt(4, 12), max_new,
+                                                                eos_id=eos_id).tokens)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -202,6 +228,24 @@ def test_tokenizer_mismatch_is_refused(models, tmp_path):
     with pytest.raises(IncompatibleModelsError, match="tokenizers differ"):
         speculate(Model(verifier.config, verifier.params, str(tmp_path / "a")),
                   Model(verifier.config, verifier.params, str(tmp_path / "b")), prompt(0, 5), 10)
+
+
+def test_drafter_tokenizer_may_add_its_mask_token_but_not_drop_the_verifiers_tokens(models, tmp_path):
+    import json
+    verifier, drafter = models["verifier"], models["dllm_twin"]
+    special = [{"id": 5, "content": "<|im_end|>"}]
+    files = {"verifier": special, "drafter_with_mask": special + [{"id": 7, "content": "|<MASK>|"}],
+             "drafter_without_special": []}
+    for name, added in files.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tokenizer.json").write_text(
+            json.dumps({"model": {"vocab": {"x": 0}, "merges": []}, "added_tokens": added}))
+    v = Model(verifier.config, verifier.params, str(tmp_path / "verifier"))
+    speculate(v, Model(drafter.config, drafter.params, str(tmp_path / "drafter_with_mask")), prompt(0, 5), 10,
+              config=SMALL)
+    with pytest.raises(IncompatibleModelsError, match="tokenizers differ"):
+        speculate(v, Model(drafter.config, drafter.params, str(tmp_path / "drafter_without_special")), prompt(0, 5),
+                  10, config=SMALL)
 
 
 def test_diffusion_model_as_verifier_is_refused(models):
