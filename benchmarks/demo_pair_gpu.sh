@@ -4,6 +4,8 @@
 #   convert        cut the stream into the two GGUFs, then fetch-demo-pair --offline-from (hash check, conversion)
 #   adapt          examples/adapt_drafter.py: self-distillation data + LoRA training -> $OUT/delta
 #   e2e DTYPE      build DIR/drafter from ffjax/demo_drafter, then benchmarks/failfast_humaneval.py in DTYPE
+#   demo           python -m ffjax demo on the pair (the README's main job)
+#   modeled STATS  benchmarks/modeled_speedup.py (7B/32B verifier shapes; the 32B needs most of an 80 GB GPU)
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 WORK=/tmp/ffjax
@@ -30,5 +32,10 @@ case "$1" in
     python3 -m ffjax fetch-demo-pair "$WORK/pair" 2>&1 | tee "$OUT/fetch_$2.log"
     python3 benchmarks/failfast_humaneval.py --pair "$WORK/pair" --dtype "$2" --out "$OUT" "${@:3}" 2>&1 \
       | tee "$OUT/e2e_$2.log" ;;
+  demo)
+    python3 -m ffjax demo --dir "$WORK/pair" "${@:2}" 2>&1 | tee "$OUT/demo.log" ;;
+  modeled)
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 python3 benchmarks/modeled_speedup.py --stats "$2" --out "$OUT" "${@:3}" \
+      2>&1 | tee "$OUT/modeled.log" ;;
   *) echo "unknown step $1" >&2; exit 2 ;;
 esac

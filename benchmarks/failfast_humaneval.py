@@ -55,6 +55,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ar-fixed-lengths", type=int, nargs="+", default=[3, 5, 8])
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--out", default="failfast_humaneval_out")
+    parser.add_argument("--only", help="full run: only the methods whose name contains this (vanilla always runs)")
+    parser.add_argument("--skip-sweep", action="store_true",
+                        help="no sweep: the fixed baselines use the first of --fixed-lengths / --ar-fixed-lengths")
     args = parser.parse_args(argv)
     if max(args.tasks[1], args.sweep_tasks[1]) > HELD_OUT_FROM:
         parser.error(f"tasks from {HELD_OUT_FROM} on are held out: never measure or tune on them here")
@@ -71,15 +74,20 @@ def main(argv=None) -> int:
     log(f"{jax.devices()[0].device_kind}, {args.dtype}, {len(prompts)} prompts (tasks {args.tasks[0]}-"
         f"{args.tasks[1] - 1}), prompt bucket {bucket}, {args.max_new_tokens} new tokens, eos {eos_id}")
 
-    sweep_methods = failfast_compare.baseline_methods(drafter, ar_drafter, args.fixed_lengths, args.ar_fixed_lengths)
-    sweep_methods = {n: m for n, m in sweep_methods.items() if "fixed" in n}
-    log(f"sweep on tasks {args.sweep_tasks[0]}-{args.sweep_tasks[1] - 1}: {list(sweep_methods)}")
-    sweep, _ = failfast_compare.run(verifier, sweep_methods, sweep_prompts, args.max_new_tokens, eos_id,
-                                    prompt_bucket=bucket, log=log)
-    best_dllm = failfast_compare.best_of(sweep, "dLLM fixed")
-    best_ar = failfast_compare.best_of(sweep, "AR drafter fixed")
     all_methods = failfast_compare.baseline_methods(drafter, ar_drafter, args.fixed_lengths, args.ar_fixed_lengths)
-    methods = {n: all_methods[n] for n in ("FailFast", best_dllm, best_ar, "AR drafter dynamic")}
+    if args.skip_sweep:
+        sweep = {}
+        best_dllm = f"dLLM fixed k={args.fixed_lengths[0]} (thr 0.9)"
+        best_ar = f"AR drafter fixed k={args.ar_fixed_lengths[0]}"
+    else:
+        sweep_methods = {n: m for n, m in all_methods.items() if "fixed" in n}
+        log(f"sweep on tasks {args.sweep_tasks[0]}-{args.sweep_tasks[1] - 1}: {list(sweep_methods)}")
+        sweep, _ = failfast_compare.run(verifier, sweep_methods, sweep_prompts, args.max_new_tokens, eos_id,
+                                        prompt_bucket=bucket, log=log)
+        best_dllm = failfast_compare.best_of(sweep, "dLLM fixed")
+        best_ar = failfast_compare.best_of(sweep, "AR drafter fixed")
+    methods = {n: all_methods[n] for n in ("FailFast", best_dllm, best_ar, "AR drafter dynamic")
+               if args.only is None or args.only in n}
     log(f"full run: {list(methods)}")
     totals, references = failfast_compare.run(verifier, methods, prompts, args.max_new_tokens, eos_id,
                                               prompt_bucket=bucket, log=log)
@@ -101,8 +109,9 @@ def main(argv=None) -> int:
     print(f"\nsweep ({args.dtype}, tasks {args.sweep_tasks[0]}-{args.sweep_tasks[1] - 1}): " + ", ".join(
         f"{n} {t.tokens_per_s:.0f} tok/s" for n, t in sweep.items()))
     print(f"\n{args.dtype}, tasks {args.tasks[0]}-{args.tasks[1] - 1}, {jax.devices()[0].device_kind}\n{table}")
-    histogram = totals["FailFast"].summary()["accepted_histogram"]
-    print(f"FailFast accepted per round, histogram (0..{len(histogram) - 1}): {histogram}")
+    if "FailFast" in totals:
+        histogram = totals["FailFast"].summary()["accepted_histogram"]
+        print(f"FailFast accepted per round, histogram (0..{len(histogram) - 1}): {histogram}")
     return 0
 
 
