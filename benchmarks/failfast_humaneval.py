@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     all_methods = failfast_compare.baseline_methods(drafter, ar_drafter, args.fixed_lengths, args.ar_fixed_lengths)
     if args.skip_sweep:
         sweep = {}
-        best_dllm = f"dLLM fixed k={args.fixed_lengths[0]} (thr 0.9)"
-        best_ar = f"AR drafter fixed k={args.ar_fixed_lengths[0]}"
+        best_dllm = next(n for n in all_methods if n.startswith("dLLM fixed"))
+        best_ar = next(n for n in all_methods if n.startswith("AR drafter fixed"))
     else:
         sweep_methods = {n: m for n, m in all_methods.items() if "fixed" in n}
         log(f"sweep on tasks {args.sweep_tasks[0]}-{args.sweep_tasks[1] - 1}: {list(sweep_methods)}")

@@ -121,9 +121,9 @@ def run(verifier, methods, prompts, max_new_tokens, eos_id, *, prompt_bucket=Non
             totals[name].add(ffjax.speculate(verifier, draft_model, prompt, max_new_tokens, config=config,
                                              eos_id=eos_id, prompt_bucket=prompt_bucket), reference)
         if log:
-            t = totals[name]
-            log(f"{name}: {t.tokens_per_s:.1f} tokens/s, {t.accepted / max(t.rounds, 1):.2f} accepted/round, "
-                f"{t.identical_prompts}/{t.prompts} identical")
+            s = totals[name].summary()
+            log(f"{name}: {s['tokens_per_s']:.1f} tokens/s, {s['mean_accepted_per_round']:.2f} accepted/round, "
+                f"{s['identical_prompts']}/{s['prompts']} identical")
     return totals, references
 
 
@@ -134,18 +134,18 @@ def best_of(totals, prefix):
 
 def report(totals, best_fixed, out_dir) -> str:
     """A markdown table; rounds.csv and (with matplotlib) the accepted-per-round figure in ``out_dir``."""
-    base = totals["vanilla"].tokens / totals["vanilla"].seconds
+    base = totals["vanilla"].tokens_per_s
     rows = ["| method | tokens/s | speedup | acceptance | mean / max accepted per round | drafter fwd / round "
             "| identical to vanilla |", "|---|---|---|---|---|---|---|"]
     for name, t in totals.items():
-        rate = t.tokens / t.seconds
+        s = t.summary()
         mark = " (best fixed)" if name == best_fixed else ""
         if name == "vanilla":
-            rows.append(f"| vanilla | {rate:.1f} | 1.00x | - | - | - | - |")
+            rows.append(f"| vanilla | {s['tokens_per_s']:.1f} | 1.00x | - | - | - | - |")
             continue
-        rows.append(f"| {name}{mark} | {rate:.1f} | {rate / base:.2f}x | {t.accepted / max(t.drafted, 1):.2f} | "
-                    f"{t.accepted / max(t.rounds, 1):.2f} / {t.max_accepted} | "
-                    f"{t.drafter_forwards / max(t.rounds, 1):.2f} | {t.identical_prompts}/{t.prompts} |")
+        rows.append(f"| {name}{mark} | {s['tokens_per_s']:.1f} | {s['tokens_per_s'] / base:.2f}x | "
+                    f"{s['acceptance_rate']:.2f} | {s['mean_accepted_per_round']:.2f} / {s['max_accepted']} | "
+                    f"{s['drafter_forwards_per_round']:.2f} | {s['identical_prompts']}/{s['prompts']} |")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "rounds.csv"), "w", newline="") as f:
         writer = csv.writer(f)

@@ -63,9 +63,7 @@ def load_pair(verifier_dir: str, drafter_dir: str, dtype: str = "bfloat16") -> t
     return ffjax.load(verifier_dir, dtype=dtype), ffjax.load(drafter_dir, dtype=dtype)
 
 
-def chat_prompt(tokenizer, text: str) -> np.ndarray:
-    """``text`` as one user turn in the verifier's chat template, ready for the assistant's reply."""
-    return chat_ids(tokenizer, text)
+chat_prompt = chat_ids  # ``text`` as one user turn in the verifier's chat template, as ids
 
 
 @dataclasses.dataclass(frozen=True)
