@@ -35,6 +35,15 @@ def shape_config(name: str, **overrides) -> ModelConfig:
     return ModelConfig(**kwargs)
 
 
+def filled_params(config: ModelConfig, dtype=jnp.bfloat16):
+    """Params at ``config``'s shapes in the platform's layout, every weight a small constant: a forward costs the
+    same whatever the values, and filling is a memset where random init of a 32B model takes minutes."""
+    from ffjax import decoder
+    from ffjax.kv_cache import default_layout
+    shapes = decoder.param_shapes(config, dtype, layout=default_layout())
+    return jax.tree.map(lambda s: jnp.full(s.shape, 0.02, s.dtype), shapes)
+
+
 def measured_read_bandwidth(num_bytes: int = 4 << 30) -> float:
     """Bytes/s of the fastest of several large on-device reductions (each reads every byte once): the
     practical HBM read limit. Taking the best pattern makes the limit strict, not flattering."""

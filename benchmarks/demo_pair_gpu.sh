@@ -6,6 +6,8 @@
 #   e2e DTYPE      build DIR/drafter from ffjax/demo_drafter, then benchmarks/failfast_humaneval.py in DTYPE
 #   demo           python -m ffjax demo on the pair (the README's main job)
 #   modeled STATS  benchmarks/modeled_speedup.py (7B/32B verifier shapes; the 32B needs most of an 80 GB GPU)
+#   breakdown      benchmarks/speculate_bench.py --pair: a FailFast round's time, draft / verify / bookkeeping
+#   dllm           benchmarks/dllm_bench.py --pair: the adapted drafter alone (dllm_generate passes per token)
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 WORK=/tmp/ffjax
@@ -34,6 +36,12 @@ case "$1" in
       | tee "$OUT/e2e_$2.log" ;;
   demo)
     python3 -m ffjax demo --dir "$WORK/pair" "${@:2}" 2>&1 | tee "$OUT/demo.log" ;;
+  breakdown)
+    python3 -m ffjax fetch-demo-pair "$WORK/pair" > "$OUT/fetch_breakdown.log" 2>&1
+    python3 benchmarks/speculate_bench.py --pair "$WORK/pair" "${@:2}" 2>&1 | tee "$OUT/breakdown.log" ;;
+  dllm)
+    python3 -m ffjax fetch-demo-pair "$WORK/pair" > "$OUT/fetch_dllm.log" 2>&1
+    python3 benchmarks/dllm_bench.py --pair "$WORK/pair" "${@:2}" 2>&1 | tee "$OUT/dllm.log" ;;
   modeled)
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 python3 benchmarks/modeled_speedup.py --stats "$2" --out "$OUT" "${@:3}" \
       2>&1 | tee "$OUT/modeled.log" ;;

@@ -2,6 +2,7 @@
 
     python benchmarks/dllm_bench.py [--context 1024] [--new 256] [--checkpoint DIR]   # GPU, Fast_dLLM_v2_1.5B shape
     python benchmarks/dllm_bench.py --tiny                                            # CPU smoke run
+    python benchmarks/dllm_bench.py --pair DIR [--tasks 0 16]       # passes/token of DIR/drafter on HumanEval
 
 At the Fast_dLLM_v2_1.5B shape (Qwen2.5-1.5B, bd_size 32, bf16, random weights made by
 ``decoder.init_params`` under jit):
@@ -9,7 +10,8 @@ At the Fast_dLLM_v2_1.5B shape (Qwen2.5-1.5B, bd_size 32, bf16, random weights m
   logits) and a full drafter pass (``drafter.advance``: forward, confidences, unmasking), against the HBM limit
   (weight bytes + KV bytes ÷ the read bandwidth measured in the same run);
 * ``dllm_generate`` forward passes per generated token at thresholds 0.9 and 0.05 (random weights have flat
-  softmaxes, so expect ~1 pass per token plus one commit per block; ``--checkpoint`` measures a converted model).
+  softmaxes, so expect ~1 pass per token plus one commit per block; ``--checkpoint`` measures a converted model;
+  ``--pair`` the demo pair's adapted drafter on HumanEval development prompts, chat-formatted, stopping at EOS).
 Prints a table; writes dllm_bench.json to $OUT when it is set.
 """
 
@@ -73,6 +75,20 @@ def passes_per_token(model: Model, prompt_len: int, new_tokens: int, threshold: 
             "ms_per_decode_pass": 1e3 * stats.decode_s / decode_passes}
 
 
+def humaneval_passes_per_token(model: Model, prompts, new_tokens: int, threshold: float, small_block_size: int,
+                               eos_id: int) -> dict:
+    """Passes per generated token over a prompt set (each prompt compiled once before timing)."""
+    run = lambda p: dllm_generate(model, p, new_tokens, threshold=threshold, small_block_size=small_block_size,  # noqa: E731
+                                  eos_id=eos_id).stats
+    for p in prompts:
+        run(p)
+    stats = [run(p) for p in prompts]
+    passes, tokens = sum(s.forward_passes for s in stats), sum(s.new_tokens for s in stats)
+    return {"threshold": threshold, "new_tokens": tokens, "forward_passes": passes,
+            "passes_per_token": passes / tokens, "tokens_per_s": tokens / sum(s.total_s for s in stats),
+            "ms_per_decode_pass": 1e3 * sum(s.decode_s for s in stats) / passes}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true", help="tiny shape and sizes, runs on CPU in seconds")
@@ -80,6 +96,8 @@ def main():
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--small-block-size", type=int, default=8)
     parser.add_argument("--checkpoint", help="a converted Fast-dLLM v2 checkpoint for the passes-per-token runs")
+    parser.add_argument("--pair", help="a demo pair directory: passes per token of its drafter on HumanEval prompts")
+    parser.add_argument("--tasks", type=int, nargs=2, default=[0, 16], metavar=("FIRST", "STOP"))
     args = parser.parse_args()
     if args.tiny:
         args.context, args.new = 128, 64
@@ -93,9 +111,18 @@ def main():
     limit_s = needed["total"] / bandwidth
     latency = block_latencies(model, args.context, args.small_block_size)
 
-    generation_model = load(args.checkpoint, dtype=jnp.bfloat16) if args.checkpoint else model
-    generation = [passes_per_token(generation_model, args.context, args.new, t, args.small_block_size)
-                  for t in (0.9, 0.05)]
+    if args.pair:
+        from benchmarks.failfast_humaneval import humaneval_prompts
+        generation_model = load(f"{args.pair}/drafter", dtype=jnp.bfloat16)
+        prompts = humaneval_prompts(load(f"{args.pair}/verifier").tokenizer(), *args.tasks)
+        eos_id = generation_model.config.eos_token_ids[0]
+        generation = [humaneval_passes_per_token(generation_model, prompts, args.new, t, args.small_block_size, eos_id)
+                      for t in (0.9, 0.05)]
+        args.checkpoint = f"{args.pair}/drafter, HumanEval tasks {args.tasks[0]}-{args.tasks[1] - 1}, eos stop"
+    else:
+        generation_model = load(args.checkpoint, dtype=jnp.bfloat16) if args.checkpoint else model
+        generation = [passes_per_token(generation_model, args.context, args.new, t, args.small_block_size)
+                      for t in (0.9, 0.05)]
 
     device = jax.devices()[0].device_kind
     results = {"device": device, "shape": "Fast_dLLM_v2_1.5B" if not args.tiny else "tiny", "bd_size": 32,
@@ -113,7 +140,8 @@ def main():
           f"| {results['hbm_limit_ms']:.3f} | 1.00 |")
     for key, label in (("forward_ms", "forward (decoder + logits)"), ("drafter_pass_ms", "drafter pass (advance)")):
         print(f"| {label} | {results[key]:.3f} | {results[key] / results['hbm_limit_ms']:.2f} |")
-    print(f"\ndllm_generate, {args.context}-token prompt, {args.new} new tokens, weights: "
+    print(f"\ndllm_generate, {'HumanEval prompts' if args.pair else f'{args.context}-token prompt'}, "
+          f"{args.new} new tokens, weights: "
           f"{results['generation_weights']}")
     print("| threshold | forward passes | passes / token | ms / decode pass | tokens/s |")
     print("|---|---|---|---|---|")

@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--out", default="failfast_humaneval_out")
     parser.add_argument("--only", help="full run: only the methods whose name contains this (vanilla always runs)")
+    parser.add_argument("--reuse-rejected", action="store_true",
+                        help="also run FailFast with reuse_rejected (the paper's appendix E)")
     parser.add_argument("--skip-sweep", action="store_true",
                         help="no sweep: the fixed baselines use the first of --fixed-lengths / --ar-fixed-lengths")
     args = parser.parse_args(argv)
@@ -74,7 +76,8 @@ def main(argv=None) -> int:
     log(f"{jax.devices()[0].device_kind}, {args.dtype}, {len(prompts)} prompts (tasks {args.tasks[0]}-"
         f"{args.tasks[1] - 1}), prompt bucket {bucket}, {args.max_new_tokens} new tokens, eos {eos_id}")
 
-    all_methods = failfast_compare.baseline_methods(drafter, ar_drafter, args.fixed_lengths, args.ar_fixed_lengths)
+    all_methods = failfast_compare.baseline_methods(drafter, ar_drafter, args.fixed_lengths, args.ar_fixed_lengths,
+                                                    reuse_rejected=args.reuse_rejected)
     if args.skip_sweep:
         sweep = {}
         best_dllm = next(n for n in all_methods if n.startswith("dLLM fixed"))
@@ -86,8 +89,8 @@ def main(argv=None) -> int:
                                         prompt_bucket=bucket, log=log)
         best_dllm = failfast_compare.best_of(sweep, "dLLM fixed")
         best_ar = failfast_compare.best_of(sweep, "AR drafter fixed")
-    methods = {n: all_methods[n] for n in ("FailFast", best_dllm, best_ar, "AR drafter dynamic")
-               if args.only is None or args.only in n}
+    methods = {n: all_methods[n] for n in ("FailFast", failfast_compare.REUSE, best_dllm, best_ar, "AR drafter dynamic")
+               if n in all_methods and (args.only is None or args.only in n)}
     log(f"full run: {list(methods)}")
     totals, references = failfast_compare.run(verifier, methods, prompts, args.max_new_tokens, eos_id,
                                               prompt_bucket=bucket, log=log)

@@ -28,6 +28,9 @@ from examples import tiny_checkpoints  # noqa: E402
 from ffjax.chat import chat_ids  # noqa: E402
 
 
+REUSE = "FailFast + reuse rejected"
+
+
 @dataclasses.dataclass
 class Totals:
     tokens: int = 0
@@ -37,6 +40,8 @@ class Totals:
     rounds: int = 0
     drafter_forwards: int = 0
     max_accepted: int = 0
+    reused: int = 0  # drafted tokens taken from rejected tails (reuse_rejected)
+    reused_accepted: int = 0  # ... of which the verifier accepted
     prompts: int = 0
     identical_prompts: int = 0  # outputs equal to vanilla's, token for token
     trajectory: list = dataclasses.field(default_factory=list)  # accepted draft tokens, every round in order
@@ -58,6 +63,8 @@ class Totals:
         self.rounds += s.rounds
         self.drafter_forwards += s.drafter_forwards
         self.max_accepted = max(self.max_accepted, int(s.accepted.max(initial=0)))
+        self.reused += int(s.reused.sum())
+        self.reused_accepted += int(np.maximum(s.accepted - (s.drafted - s.reused), 0).sum())
         self.prompts += 1
         self.identical_prompts += int(np.array_equal(result.tokens, reference_tokens))
         self.trajectory.extend(int(a) for a in s.accepted)
@@ -70,6 +77,7 @@ class Totals:
                 "drafter_forwards_per_round": self.drafter_forwards / max(self.rounds, 1),
                 "drafter_forwards_per_accepted_token": self.drafter_forwards / max(self.accepted, 1),
                 "accepted_histogram": np.bincount(self.trajectory).tolist() if self.trajectory else [],
+                "reused": self.reused, "reused_accepted": self.reused_accepted,
                 "prompts": self.prompts, "identical_prompts": self.identical_prompts}
 
 
@@ -84,10 +92,13 @@ def load_prompts(path, verifier) -> list[np.ndarray]:
     return [chat_ids(tokenizer, line) for line in lines]
 
 
-def baseline_methods(drafter, ar_drafter, fixed_lengths, ar_fixed_lengths=(5,)) -> dict:
-    """{name: (drafter model, FailFastConfig)}: FailFast, the dLLM drafter at threshold 0.9 with each fixed draft
-    length, and (given an AR drafter) the AR drafter with each fixed length and with the dynamic rule."""
+def baseline_methods(drafter, ar_drafter, fixed_lengths, ar_fixed_lengths=(5,), reuse_rejected=False) -> dict:
+    """{name: (drafter model, FailFastConfig)}: FailFast (and, if asked, FailFast reusing rejected drafts), the
+    dLLM drafter at threshold 0.9 with each fixed draft length, and (given an AR drafter) the AR drafter with each
+    fixed length and with the dynamic rule."""
     methods = {"FailFast": (drafter, ffjax.FailFastConfig())}
+    if reuse_rejected:
+        methods[REUSE] = (drafter, ffjax.FailFastConfig(reuse_rejected=True))
     for length in fixed_lengths:
         methods[f"dLLM fixed k={length} (thr 0.9)"] = (drafter, ffjax.FailFastConfig(
             dynamic=False, init_spec_len=length, drafter_threshold=0.9))
@@ -146,6 +157,8 @@ def report(totals, best_fixed, out_dir) -> str:
         rows.append(f"| {name}{mark} | {s['tokens_per_s']:.1f} | {s['tokens_per_s'] / base:.2f}x | "
                     f"{s['acceptance_rate']:.2f} | {s['mean_accepted_per_round']:.2f} / {s['max_accepted']} | "
                     f"{s['drafter_forwards_per_round']:.2f} | {s['identical_prompts']}/{s['prompts']} |")
+    rows += [f"\n{name}: {t.reused} drafted tokens came from rejected tails, {t.reused_accepted} of them accepted"
+             for name, t in totals.items() if name == REUSE]
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "rounds.csv"), "w", newline="") as f:
         writer = csv.writer(f)
@@ -181,6 +194,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fixed-lengths", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--eos-id", type=int)
     parser.add_argument("--tiny", action="store_true", help="build and use a tiny local pair")
+    parser.add_argument("--reuse-rejected", action="store_true", help="also run FailFast with reuse_rejected")
     parser.add_argument("--out", default="failfast_compare_out")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -196,7 +210,7 @@ def main(argv=None) -> int:
     verifier, drafter = ffjax.load(args.verifier), ffjax.load(args.drafter)
     ar_drafter = ffjax.load(args.ar_drafter) if args.ar_drafter else None
     prompts = load_prompts(args.prompts, verifier)
-    methods = baseline_methods(drafter, ar_drafter, args.fixed_lengths)
+    methods = baseline_methods(drafter, ar_drafter, args.fixed_lengths, reuse_rejected=args.reuse_rejected)
     totals, _ = run(verifier, methods, prompts, args.max_new_tokens, args.eos_id)
     print(report(totals, best_of(totals, "dLLM fixed"), args.out))
     return 0 if all(t.lossless for t in totals.values()) else 1

@@ -19,6 +19,8 @@ class FailFastConfig:
     compares its cap with the number of recorded confidences, which counts more than the draft, so its drafts
     reach ~70 with a cap of 60; set ``max_spec_len=70`` for drafts of that reach.)
     ``dynamic=False`` is the fixed-length baseline: exactly ``init_spec_len`` drafted tokens per round.
+    ``reuse_rejected`` (off by default, the paper's appendix E): a draft that stops for low confidence is extended
+    with the previous round's rejected tail where they overlap, at no forward pass (rule in ``reuse_rejected.py``).
     ``tau`` and ``drafter_threshold`` are traced: changing them never recompiles.
     """
 
@@ -49,8 +51,8 @@ class FailFastConfig:
         if buckets[-1] < self.longest_draft + 1:
             raise ValueError(f"the largest bucket ({buckets[-1]}) must hold the longest draft plus one token "
                              f"({self.longest_draft + 1})")
-        if self.reuse_rejected:
-            raise NotImplementedError("reuse_rejected (the paper's appendix E) is not implemented yet")
+        if self.reuse_rejected and not self.dynamic:
+            raise ValueError("reuse_rejected lengthens drafts that stop for low confidence: it needs dynamic=True")
         object.__setattr__(self, "buckets", buckets)
 
     @property

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ffjax import ar_drafter, decoder, draft_window, drafter, executables, shapes
+from ffjax import ar_drafter, decoder, draft_window, drafter, executables, reuse_rejected, shapes
 from ffjax.checkpoint import Model
 from ffjax.compatibility import check_drafter_matches_verifier
 from ffjax.failfast_config import FailFastConfig
@@ -35,6 +35,7 @@ class SpeculateStats:
     rounds: int
     drafted: np.ndarray  # [rounds] drafted tokens proposed per round
     accepted: np.ndarray  # [rounds] drafted tokens accepted per round (each round also adds one verifier token)
+    reused: np.ndarray  # [rounds] drafted tokens taken from the previous round's rejected tail (reuse_rejected)
     drafter_forwards: int
     verifier_forwards: int  # prefill included
     new_tokens: int
@@ -95,6 +96,9 @@ class _Rounds:
     accepted: jax.Array  # [R]
     drafter_forwards: jax.Array  # [] int32
     verifier_forwards: jax.Array  # [] int32
+    reused: jax.Array  # [R] drafted tokens taken from the previous round's rejected tail
+    tail: jax.Array  # [B, W] the last round's rejected draft (reuse_rejected), -1 padded
+    tail_len: jax.Array  # [B]
 
 
 def _draft_diffusion(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap, tau, threshold):
@@ -129,7 +133,7 @@ def _draft_diffusion(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap, tau,
 
     state, tokens, confidence, window, _ = jax.lax.while_loop(cond, body, (state, tokens, confidence, window, stop))
     seq = _write(seq, tokens, n, window)
-    return seq, window, state.cache, jnp.sum(state.forwards)
+    return seq, window, state.cache, jnp.sum(state.forwards), _unsure(confidence, tokens >= 0, tau)
 
 
 def _draft_autoregressive(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap, tau, threshold):
@@ -160,8 +164,21 @@ def _draft_autoregressive(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap,
         return seq, confidence, cache, known, forwards + 1, window, stop
 
     init = (seq, confidence, cache, known, jnp.int32(0), window, stop)
-    seq, _, cache, _, forwards, window, _ = jax.lax.while_loop(cond, body, init)
-    return seq, window, cache, forwards
+    seq, confidence, cache, known, forwards, window, _ = jax.lax.while_loop(cond, body, init)
+    return seq, window, cache, forwards, _unsure(confidence, positions < known[:, None], tau)
+
+
+def _unsure(confidence, recorded, tau):
+    """[B] whether the draft stopped failing fast: a token drafted this round had confidence below tau."""
+    return jnp.any(recorded & ~(confidence >= tau), axis=1)
+
+
+def _reuse_rejected(seq, n, k, unsure, tail, tail_len, cap):
+    """(seq, k) with a draft that failed fast extended from the previous round's rejected tail."""
+    rows = jnp.arange(seq.shape[0])[:, None]
+    draft = seq[rows, jnp.clip(n[:, None] + jnp.arange(tail.shape[1])[None, :], 0, seq.shape[1] - 1)]
+    extended, grown = reuse_rejected.extend_draft(draft, k, tail, jnp.where(unsure, tail_len, 0), cap)
+    return _write(seq, extended, n, grown), grown
 
 
 def _write(seq, tokens, start, count):
@@ -226,7 +243,10 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
     def body(s: _Rounds):
         remaining = prompt_len + max_new_tokens - s.n  # tokens still to produce (one comes from the verifier)
         cap = jnp.clip(remaining - 1, 0, ff.longest_draft)
-        seq, k, dcache, dforwards = draft(s.drafter_cache, s.seq, s.n, cap, tau, threshold)
+        seq, k, dcache, dforwards, unsure = draft(s.drafter_cache, s.seq, s.n, cap, tau, threshold)
+        drafted = k
+        if ff.reuse_rejected:
+            seq, k = _reuse_rejected(seq, s.n, k, unsure, s.tail, s.tail_len, jnp.broadcast_to(cap, k.shape))
         inputs, argmax, vcache = _verify(ff, vcfg, vparams, s.verifier_cache, seq, s.n, k)
         i = jnp.arange(argmax.shape[1])[None, :]
         matches = (inputs[:, 1:] == argmax[:, :-1]) & (i[:, :-1] < k[:, None])
@@ -237,20 +257,25 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
         n = s.n + accepted + 1
         if streaming:
             jax.debug.callback(_Stream.emit, argmax[0], accepted[0] + 1, ordered=True)
+        tail, tail_len = (reuse_rejected.rejected_tail(inputs, accepted, k, s.tail.shape[1]) if ff.reuse_rejected
+                          else (s.tail, s.tail_len))
         return _Rounds(
             seq=seq, n=n, verifier_cache=vcache.with_length(n - 1), drafter_cache=dcache,
             done=s.done | hit_eos | (n - prompt_len >= max_new_tokens), round=s.round + 1,
             drafted=s.drafted.at[s.round].set(k[0], mode="drop"),
             accepted=s.accepted.at[s.round].set(accepted[0], mode="drop"),
-            drafter_forwards=s.drafter_forwards + dforwards, verifier_forwards=s.verifier_forwards + 1)
+            drafter_forwards=s.drafter_forwards + dforwards, verifier_forwards=s.verifier_forwards + 1,
+            reused=s.reused.at[s.round].set(k[0] - drafted[0], mode="drop"), tail=tail, tail_len=tail_len)
 
     done = (first == eos_id) | (max_new_tokens <= 1)
     init = _Rounds(seq=seq, n=jnp.broadcast_to(n, (batch,)).astype(jnp.int32), verifier_cache=vcache,
                    drafter_cache=dcache, done=done, round=jnp.int32(0),
                    drafted=jnp.zeros((max_rounds,), jnp.int32), accepted=jnp.zeros((max_rounds,), jnp.int32),
-                   drafter_forwards=prefill_forwards.astype(jnp.int32), verifier_forwards=jnp.int32(1))
+                   drafter_forwards=prefill_forwards.astype(jnp.int32), verifier_forwards=jnp.int32(1),
+                   reused=jnp.zeros((max_rounds,), jnp.int32),
+                   tail=jnp.full((batch, ff.buckets[-1]), -1, jnp.int32), tail_len=jnp.zeros((batch,), jnp.int32))
     s = jax.lax.while_loop(cond, body, init)
-    return s.seq, s.n, s.round, s.drafted, s.accepted, s.drafter_forwards, s.verifier_forwards
+    return s.seq, s.n, s.round, s.drafted, s.accepted, s.drafter_forwards, s.verifier_forwards, s.reused
 
 
 def speculate(verifier: Model, drafter_model: Model, prompt_ids, max_new_tokens: int, *,
@@ -294,12 +319,12 @@ def speculate(verifier: Model, drafter_model: Model, prompt_ids, max_new_tokens:
             jax.effects_barrier()  # every round's callback has run before the call returns
     finally:
         _Stream.sink = None
-    seq, n, rounds, drafted, accepted, dforwards, vforwards = jax.device_get(outputs)
+    seq, n, rounds, drafted, accepted, dforwards, vforwards, reused = jax.device_get(outputs)
 
     generated = seq[:, prompt_len: int(n[0])][:, :max_new_tokens]
     rows = unbatch_tokens(generated, eos_id)
     rounds = int(rounds)
-    stats = SpeculateStats(rounds=rounds, drafted=drafted[:rounds], accepted=accepted[:rounds],
+    stats = SpeculateStats(rounds=rounds, drafted=drafted[:rounds], accepted=accepted[:rounds], reused=reused[:rounds],
                            drafter_forwards=int(dforwards), verifier_forwards=int(vforwards),
                            new_tokens=len(rows[0]), compile_s=compile_s, wall_time_s=wall)
     return SpeculateResult(tokens=rows[0] if was_1d else rows, stats=stats)

@@ -13,14 +13,15 @@ def test_compare_script_prints_every_method_and_writes_the_trajectory(tmp_path, 
     prompts.write_text("5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21\n30 31 32 33 34 35 36 37 38 39 40\n")
     out = tmp_path / "out"
     code = failfast_compare.main(["--tiny", "--prompts", str(prompts), "--max-new-tokens", "24",
-                                  "--fixed-lengths", "4", "--out", str(out)])
+                                  "--fixed-lengths", "4", "--reuse-rejected", "--out", str(out)])
     table = capsys.readouterr().out
     assert code == 0
     assert "| vanilla |" in table
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
-    for method in ("FailFast", "dLLM fixed k=4 (thr 0.9) (best fixed)", "AR drafter fixed k=5",
-                   "AR drafter dynamic"):
+    for method in ("FailFast", "FailFast + reuse rejected", "dLLM fixed k=4 (thr 0.9) (best fixed)",
+                   "AR drafter fixed k=5", "AR drafter dynamic"):
         assert rows[method].endswith("| 2/2 |")  # both prompts reproduced vanilla's tokens exactly
+    assert "FailFast + reuse rejected: " in table and "came from rejected tails" in table
     assert (out / "rounds.csv").read_text().startswith("method,round,accepted")
 
 

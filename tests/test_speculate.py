@@ -67,8 +67,9 @@ def test_lossless_for_every_kind_of_drafter(models, drafter, length):
 
 
 @pytest.mark.parametrize("config", [SMALL, dataclasses.replace(SMALL, dynamic=False),
-                                    dataclasses.replace(SMALL, tau=0.0), dataclasses.replace(SMALL, tau=1.0)],
-                         ids=["failfast", "fixed", "tau0", "tau1"])
+                                    dataclasses.replace(SMALL, tau=0.0), dataclasses.replace(SMALL, tau=1.0),
+                                    dataclasses.replace(SMALL, reuse_rejected=True)],
+                         ids=["failfast", "fixed", "tau0", "tau1", "reuse_rejected"])
 @pytest.mark.parametrize("drafter", ["dllm_twin", "ar_unrelated"])
 def test_lossless_across_configs(models, config, drafter):
     for seed in range(3):
@@ -126,6 +127,28 @@ def test_draft_length_follows_the_window_rule(models):
     uncapped = caps >= SMALL.max_spec_len
     assert set(dynamic.drafted[uncapped]) <= {4, 9, 14, 19}  # windows only ever grow by incr_len
     assert np.all(dynamic.drafted <= np.minimum(caps, SMALL.max_spec_len))
+
+
+@pytest.mark.parametrize("drafter", ["dllm_unrelated", "ar_unrelated"])
+def test_reusing_rejected_drafts_lengthens_failed_drafts_at_no_forward_pass(models, drafter):
+    config = dataclasses.replace(SMALL, reuse_rejected=True)
+    verifier, draft_model = models["verifier"], models[drafter]
+    ids = prompt(12, 10)
+    reusing = assert_lossless(verifier, draft_model, ids, 60, config).stats
+    plain = speculate(verifier, draft_model, ids, 60, config=SMALL).stats
+    assert reusing.reused.sum() > 0  # an unrelated drafter fails fast, and its rejected tails overlap
+    assert plain.reused.sum() == 0
+    assert np.all(reusing.drafted <= np.minimum(budget_caps(reusing, 60), SMALL.max_spec_len))
+    # An unrelated drafter's reused tokens are rejected like the rest, so both runs take the same rounds: the
+    # drafter ran the same passes, and the reused tokens came on top of its drafts.
+    np.testing.assert_array_equal(reusing.accepted, plain.accepted)
+    assert reusing.drafter_forwards == plain.drafter_forwards
+    np.testing.assert_array_equal(reusing.drafted - reusing.reused, plain.drafted)
+
+
+def test_reuse_rejected_needs_the_dynamic_rule():
+    with pytest.raises(ValueError, match="dynamic"):
+        FailFastConfig(reuse_rejected=True, dynamic=False)
 
 
 def test_ar_drafter_drafts_one_token_per_forward(models):
