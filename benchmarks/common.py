@@ -41,7 +41,9 @@ def filled_params(config: ModelConfig, dtype=jnp.bfloat16):
     from ffjax import decoder
     from ffjax.kv_cache import default_layout
     shapes = decoder.param_shapes(config, dtype, layout=default_layout())
-    return jax.tree.map(lambda s: jnp.full(s.shape, 0.02, s.dtype), shapes)
+    leaves, treedef = jax.tree.flatten(shapes)
+    keys = jax.random.split(jax.random.key(0, impl="rbg"), len(leaves))
+    return jax.tree.unflatten(treedef, [0.02 * jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, leaves)])
 
 
 def measured_read_bandwidth(num_bytes: int = 4 << 30) -> float:

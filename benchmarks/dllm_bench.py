@@ -110,14 +110,19 @@ def main():
     needed = common.decode_bytes_per_token(config, args.context + config.bd_size)
     limit_s = needed["total"] / bandwidth
     latency = block_latencies(model, args.context, args.small_block_size)
+    print(f"block over {args.context} cached tokens: forward {1e3 * latency['forward_s']:.3f} ms, drafter pass "
+          f"{1e3 * latency['drafter_pass_s']:.3f} ms (HBM limit {1e3 * limit_s:.3f} ms)", flush=True)
 
     if args.pair:
         from benchmarks.failfast_humaneval import humaneval_prompts
         generation_model = load(f"{args.pair}/drafter", dtype=jnp.bfloat16)
         prompts = humaneval_prompts(load(f"{args.pair}/verifier").tokenizer(), *args.tasks)
         eos_id = generation_model.config.eos_token_ids[0]
-        generation = [humaneval_passes_per_token(generation_model, prompts, args.new, t, args.small_block_size, eos_id)
-                      for t in (0.9, 0.05)]
+        generation = []
+        for t in (0.9, 0.05):
+            generation.append(humaneval_passes_per_token(generation_model, prompts, args.new, t, args.small_block_size,
+                                                         eos_id))
+            print(generation[-1], flush=True)
         args.checkpoint = f"{args.pair}/drafter, HumanEval tasks {args.tasks[0]}-{args.tasks[1] - 1}, eos stop"
     else:
         generation_model = load(args.checkpoint, dtype=jnp.bfloat16) if args.checkpoint else model

@@ -37,14 +37,15 @@ from ffjax.generate import prefill as prefill_verifier  # noqa: E402
 from ffjax.speculate import speculate  # noqa: E402
 
 
-def in_loop_seconds(step, carry, iterations: int = 64) -> float:
-    """Seconds per call of ``step(carry) -> carry`` run back to back inside one jitted loop: the cost a forward
-    has inside the speculative loop, without the per-call dispatch a lone jitted call pays."""
+def in_loop_seconds(step, params, carry, iterations: int = 64) -> float:
+    """Seconds per call of ``step(params, carry) -> carry`` run back to back inside one jitted loop: the cost a
+    forward has inside the speculative loop, without the per-call dispatch a lone jitted call pays. The params
+    are an argument, as in the loop: closed over, they would be baked into the program as gigabytes of constants."""
     # A traced trip count: XLA must not unroll 64 copies of a whole model forward.
-    loop = jax.jit(lambda c, n: jax.lax.fori_loop(0, n, lambda _, c: step(c), c))
+    loop = jax.jit(lambda p, c, n: jax.lax.fori_loop(0, n, lambda _, c: step(p, c), c))
     count = jnp.int32(iterations)
-    compiled = loop.lower(carry, count).compile()
-    return common.time_fn(lambda: compiled(carry, count), repeats=5, warmup=1) / iterations
+    compiled = loop.lower(params, carry, count).compile()
+    return common.time_fn(lambda: compiled(params, carry, count), repeats=5, warmup=1) / iterations
 
 
 def forward_costs(verifier: Model, draft_model: Model, ff: FailFastConfig, padded_prompt, prompt_len: int,
@@ -71,18 +72,19 @@ def forward_costs(verifier: Model, draft_model: Model, ff: FailFastConfig, padde
     state = drafter.DraftState(cache=dcache, tokens=block, masked=block == dcfg.mask_token_id,
                                confidence=jnp.zeros((1, bd), jnp.float32), forwards=jnp.zeros((1,), jnp.int32))
     # A drafter step that keeps its block masked, so every iteration is a step (a commit costs the same pass).
-    draft_s = in_loop_seconds(lambda s: drafter.advance(dcfg, draft_model.params, s, ff.drafter_threshold,
-                                                        small_block_size=ff.small_block_size)[0]
-                              .replace(masked=s.masked), state)
+    draft_s = in_loop_seconds(lambda params, s: drafter.advance(dcfg, params, s, ff.drafter_threshold,
+                                                                small_block_size=ff.small_block_size)[0]
+                              .replace(masked=s.masked), draft_model.params, state)
 
     vcache = decoder.new_cache(vcfg, verifier.params, 1, cache_len).with_length(context)
 
-    def verify_step(carry):
+    def verify_step(params, carry):
         tokens, cache = carry
-        hidden, cache = decoder.decode(vcfg, verifier.params, tokens, cache)
-        return jnp.argmax(decoder.logits(vcfg, verifier.params, hidden), -1).astype(jnp.int32), cache
+        hidden, cache = decoder.decode(vcfg, params, tokens, cache)
+        return jnp.argmax(decoder.logits(vcfg, params, hidden), -1).astype(jnp.int32), cache
 
-    verify_s = {b: in_loop_seconds(verify_step, (jnp.ones((1, b), jnp.int32), vcache)) for b in ff.buckets}
+    verify_s = {b: in_loop_seconds(verify_step, verifier.params, (jnp.ones((1, b), jnp.int32), vcache))
+                for b in ff.buckets}
     return {"prefill_s": prefill_s, "prefill_drafter_passes": prefill_passes, "drafter_pass_s": draft_s,
             "verify_s": verify_s}
 
