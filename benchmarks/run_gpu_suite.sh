@@ -19,7 +19,7 @@ for step in $STEPS; do
     decode) run decode 420 python3 benchmarks/decode_bench.py --shapes qwen2.5-7b qwen2.5-1.5b ;;
     hf) run hf 200 python3 benchmarks/hf_generate_bench.py ;;
     dllm) run dllm 240 python3 benchmarks/dllm_bench.py ;;
-    speculate) run speculate 300 python3 benchmarks/speculate_bench.py --repeats 2 ;;
+    speculate) run speculate 300 python3 benchmarks/speculate_bench.py ;;
     *) echo "unknown step $step" ;;
   esac
 done
