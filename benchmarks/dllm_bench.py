@@ -78,8 +78,10 @@ def passes_per_token(model: Model, prompt_len: int, new_tokens: int, threshold: 
 def humaneval_passes_per_token(model: Model, prompts, new_tokens: int, threshold: float, small_block_size: int,
                                eos_id: int) -> dict:
     """Passes per generated token over a prompt set (each prompt compiled once before timing)."""
-    run = lambda p: dllm_generate(model, p, new_tokens, threshold=threshold, small_block_size=small_block_size,  # noqa: E731
-                                  eos_id=eos_id).stats
+    def run(prompt):
+        return dllm_generate(model, prompt, new_tokens, threshold=threshold, small_block_size=small_block_size,
+                             eos_id=eos_id).stats
+
     for p in prompts:
         run(p)
     stats = [run(p) for p in prompts]

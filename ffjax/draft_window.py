@@ -12,6 +12,12 @@ def initial_window(ff: FailFastConfig, cap):
     return jnp.minimum(ff.init_spec_len, cap)
 
 
+def failed_fast(confidence, recorded, tau):
+    """[B] whether a token drafted this round (where recorded) had confidence below tau."""
+    # NaN confidence counts as unsure: a broken drafter must fail fast, not draft at full length forever.
+    return jnp.any(recorded & ~(confidence >= tau), axis=1)
+
+
 def decide(ff: FailFastConfig, known, confidence, recorded, window, cap, tau):
     """After a drafter call: (stop [B], window [B]).
 
@@ -22,8 +28,7 @@ def decide(ff: FailFastConfig, known, confidence, recorded, window, cap, tau):
     Growing may make a window full at once (tokens past the old window can be unmasked in the same step), so
     the rule is applied as many times as the window can grow, without another forward pass.
     """
-    # NaN confidence counts as unsure: a broken drafter must fail fast, not draft at full length forever.
-    unsure = jnp.any(recorded & ~(confidence >= tau), axis=1)
+    unsure = failed_fast(confidence, recorded, tau)
     stop = jnp.zeros(window.shape, bool)
     growths = -(-(ff.max_spec_len - ff.init_spec_len) // ff.incr_len) if ff.dynamic else 0
     for _ in range(growths + 1):

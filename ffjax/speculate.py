@@ -102,7 +102,8 @@ class _Rounds:
 
 
 def _draft_diffusion(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap, tau, threshold):
-    """Drafts with the block-diffusion drafter: (seq with drafts at [n, n+k), confidences, k, cache, forwards)."""
+    """Drafts with the block-diffusion drafter: (seq with the draft at [n, n+k), k, cache, forwards, whether the
+    draft failed fast)."""
     width = ff.buckets[-1]
     bd = dcfg.bd_size
 
@@ -133,7 +134,8 @@ def _draft_diffusion(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap, tau,
 
     state, tokens, confidence, window, _ = jax.lax.while_loop(cond, body, (state, tokens, confidence, window, stop))
     seq = _write(seq, tokens, n, window)
-    return seq, window, state.cache, jnp.sum(state.forwards), _unsure(confidence, tokens >= 0, tau)
+    failed = draft_window.failed_fast(confidence, tokens >= 0, tau)
+    return seq, window, state.cache, jnp.sum(state.forwards), failed
 
 
 def _draft_autoregressive(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap, tau, threshold):
@@ -165,12 +167,7 @@ def _draft_autoregressive(ff: FailFastConfig, dcfg, dparams, cache, seq, n, cap,
 
     init = (seq, confidence, cache, known, jnp.int32(0), window, stop)
     seq, confidence, cache, known, forwards, window, _ = jax.lax.while_loop(cond, body, init)
-    return seq, window, cache, forwards, _unsure(confidence, positions < known[:, None], tau)
-
-
-def _unsure(confidence, recorded, tau):
-    """[B] whether the draft stopped failing fast: a token drafted this round had confidence below tau."""
-    return jnp.any(recorded & ~(confidence >= tau), axis=1)
+    return seq, window, cache, forwards, draft_window.failed_fast(confidence, positions < known[:, None], tau)
 
 
 def _reuse_rejected(seq, n, k, unsure, tail, tail_len, cap):
