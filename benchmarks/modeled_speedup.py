@@ -4,7 +4,7 @@
         [--verifiers qwen2.5-7b qwen2.5-32b] [--context 512]
 
 FailFast's paper models its speedups from latency constants instead of timing them. This does the same with
-constants measured on this device (constant bf16 weights at real shapes: speed does not depend on the values):
+constants measured on this device (random bf16 weights at real shapes: speed hardly depends on the values):
 t_v(k), one verifier forward of k tokens over a `context`-token cache, at Qwen2.5-7B/32B shapes, and t_d, one
 Fast-dLLM v2 1.5B drafter pass over a 32-token block. With a FailFast run's counts (rounds R, tokens N, drafter
 forwards D, mean draft length k̄, from benchmarks/failfast_humaneval.py on the real 1.5B/0.5B pair):
@@ -33,7 +33,7 @@ PAPER_BEST_MODELED = 4.9  # the paper's headline (modeled) speedup
 
 
 def measure(config, context: int, ks) -> dict:
-    params = common.filled_params(config)
+    params = common.random_params(config)
     latencies = {k: 1e3 * forward_latency(config, params, context, k)[0] for k in ks}
     jax.tree.map(lambda x: x.delete(), params)
     return latencies

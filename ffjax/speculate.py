@@ -241,7 +241,7 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
         remaining = prompt_len + max_new_tokens - s.n  # tokens still to produce (one comes from the verifier)
         cap = jnp.clip(remaining - 1, 0, ff.longest_draft)
         seq, k, dcache, dforwards, unsure = draft(s.drafter_cache, s.seq, s.n, cap, tau, threshold)
-        drafted = k
+        drafter_k = k
         if ff.reuse_rejected:
             seq, k = _reuse_rejected(seq, s.n, k, unsure, s.tail, s.tail_len, jnp.broadcast_to(cap, k.shape))
         inputs, argmax, vcache = _verify(ff, vcfg, vparams, s.verifier_cache, seq, s.n, k)
@@ -262,7 +262,7 @@ def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, 
             drafted=s.drafted.at[s.round].set(k[0], mode="drop"),
             accepted=s.accepted.at[s.round].set(accepted[0], mode="drop"),
             drafter_forwards=s.drafter_forwards + dforwards, verifier_forwards=s.verifier_forwards + 1,
-            reused=s.reused.at[s.round].set(k[0] - drafted[0], mode="drop"), tail=tail, tail_len=tail_len)
+            reused=s.reused.at[s.round].set(k[0] - drafter_k[0], mode="drop"), tail=tail, tail_len=tail_len)
 
     done = (first == eos_id) | (max_new_tokens <= 1)
     init = _Rounds(seq=seq, n=jnp.broadcast_to(n, (batch,)).astype(jnp.int32), verifier_cache=vcache,

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from ffjax.reuse_rejected import extend_draft, rejected_tail
 
@@ -29,15 +30,35 @@ def extended(draft, tail, cap=WIDTH - 1):
     ([5, 6, 7, 8], [1, 7, 8], [5, 6, 7, 8]),  # nothing after the match: unchanged
     ([5, 6, 7, 8], [7, 9, 8, 1], [5, 6, 7, 8]),  # the overlap must be contiguous
     ([5, 6, 7, 8], [], [5, 6, 7, 8]),  # no tail (the last round was accepted in full)
+    ([5, 6, 7, 8], [7, 8, 1, 6, 7, 8], [5, 6, 7, 8]),  # the winning match (6 7 8) has nothing after it: no fallback
     ([8], [8, 1, 2], [8]),  # a one-token draft has no two-token suffix
 ])
 def test_the_longest_overlapping_suffix_brings_in_the_tails_continuation(draft, tail, expected):
     assert extended(draft, tail) == expected
 
 
-def test_the_extended_draft_never_passes_the_rounds_cap():
+def test_the_extended_draft_never_passes_the_rounds_cap_or_its_array():
     assert extended([5, 6, 7, 8], [7, 8, 1, 2, 3], cap=6) == [5, 6, 7, 8, 1, 2]
     assert extended([5, 6, 7, 8], [7, 8, 1, 2, 3], cap=3) == [5, 6, 7, 8]  # never shortened either
+    assert len(extended([5, 6, 7, 8], [7, 8] + list(range(10, 19)), cap=100)) == WIDTH
+
+
+def rule(draft, tail, cap):
+    """The rule as plain Python: the first match in (longest suffix, leftmost occurrence) order decides."""
+    k = len(draft)
+    for i in range(k - 1):  # suffixes of at least two tokens, longest first
+        for j in range(len(tail) - (k - i) + 1):
+            if tail[j:j + k - i] == draft[i:]:
+                grown = draft[:i] + tail[j:]
+                return grown[:max(k, min(cap, WIDTH))] if len(grown) > k else draft
+    return draft
+
+
+@settings(max_examples=60, deadline=None)
+@given(draft=st.lists(st.integers(0, 2), max_size=WIDTH), tail=st.lists(st.integers(0, 2), max_size=WIDTH),
+       cap=st.integers(0, WIDTH + 4))
+def test_extend_draft_follows_the_rule_as_stated(draft, tail, cap):
+    assert extended(draft, tail, cap) == rule(draft, tail, cap)
 
 
 def test_rows_are_extended_independently():

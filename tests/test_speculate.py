@@ -137,7 +137,6 @@ def test_reusing_rejected_drafts_lengthens_failed_drafts_at_no_forward_pass(mode
     reusing = assert_lossless(verifier, draft_model, ids, 60, config).stats
     plain = speculate(verifier, draft_model, ids, 60, config=SMALL).stats
     assert reusing.reused.sum() > 0  # an unrelated drafter fails fast, and its rejected tails overlap
-    assert plain.reused.sum() == 0
     assert np.all(reusing.drafted <= np.minimum(budget_caps(reusing, 60), SMALL.max_spec_len))
     # An unrelated drafter's reused tokens are rejected like the rest, so both runs take the same rounds: the
     # drafter ran the same passes, and the reused tokens came on top of its drafts.
