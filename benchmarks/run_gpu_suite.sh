@@ -6,7 +6,7 @@ set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"decode hf dllm speculate"}
+STEPS=${STEPS:-"decode kernels hf dllm speculate"}
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee "$OUT/suite.log"
 run() {  # run NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
@@ -17,6 +17,7 @@ run() {  # run NAME SECONDS COMMAND...
 for step in $STEPS; do
   case $step in
     decode) run decode 420 python3 benchmarks/decode_bench.py --shapes qwen2.5-7b qwen2.5-1.5b ;;
+    kernels) run kernels 180 python3 benchmarks/decode_kernels.py --shape qwen2.5-1.5b --hlo-out "$OUT/decode_1.5b.hlo" ;;
     hf) run hf 200 python3 benchmarks/hf_generate_bench.py ;;
     dllm) run dllm 240 python3 benchmarks/dllm_bench.py ;;
     speculate) run speculate 300 python3 benchmarks/speculate_bench.py ;;
