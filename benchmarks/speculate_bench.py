@@ -34,8 +34,7 @@ from ffjax import decoder, drafter, shapes  # noqa: E402
 from ffjax.checkpoint import Model  # noqa: E402
 from ffjax.failfast_config import FailFastConfig  # noqa: E402
 from ffjax.generate import generate  # noqa: E402
-from ffjax.generate import prefill as prefill_verifier  # noqa: E402
-from ffjax.speculate import speculate  # noqa: E402
+from ffjax.speculate import prefill_pair, speculate  # noqa: E402
 
 
 def in_loop_seconds(step, params, carry, iterations: int = 64) -> float:
@@ -57,12 +56,8 @@ def forward_costs(verifier: Model, draft_model: Model, ff: FailFastConfig, padde
 
     @jax.jit
     def prefill(vparams, dparams, padded):
-        seq = jnp.zeros((1, cache_len), jnp.int32).at[:, :padded.shape[1]].set(padded)
-        logits, vcache = prefill_verifier(vcfg, vparams, padded, jnp.full((1,), prompt_len), cache_len)
-        target = jnp.full((1,), (prompt_len // bd) * bd, jnp.int32)
-        dcache = decoder.new_cache(dcfg, dparams, 1, cache_len)
-        dcache, passes, _, _ = drafter.prefill(dcfg, dparams, dcache, seq, target, shapes.round_up(padded.shape[1], bd))
-        return jnp.argmax(logits, -1), vcache.k, dcache.k, passes[0]
+        _, first, vcache, dcache, passes = prefill_pair(vcfg, dcfg, vparams, dparams, padded, prompt_len, cache_len)
+        return first, vcache.k, dcache.k, passes
 
     prefill_args = (verifier.params, draft_model.params, jnp.asarray(padded_prompt))
     prefill_passes = int(prefill(*prefill_args)[-1])

@@ -207,32 +207,35 @@ def _verify(ff: FailFastConfig, vcfg, vparams, cache: KVCache, seq, n, k):
     return inputs, *jax.lax.switch(index, [branch(b) for b in ff.buckets], inputs, cache)
 
 
-def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, prompt_len, max_new_tokens, eos_id,
-               tau, threshold, *, cache_len: int, max_rounds: int, streaming: bool = False):
+def prefill_pair(vcfg, dcfg, vparams, dparams, padded_prompt, prompt_len, cache_len: int):
+    """Both models' prompt passes: (seq [B, cache_len] holding the prompt and the verifier's first new token at
+    ``prompt_len``, that token [B], the verifier's cache, the drafter's cache, drafter forwards run)."""
     batch, bucket = padded_prompt.shape
     seq = jnp.zeros((batch, cache_len), jnp.int32).at[:, :bucket].set(padded_prompt)
-
-    # Verifier prefill: the first new token is the verifier's own.
     first_logits, vcache = prefill_verifier(vcfg, vparams, padded_prompt, jnp.full((batch,), prompt_len), cache_len)
     first = jnp.argmax(first_logits, axis=-1).astype(jnp.int32)
     seq = seq.at[:, prompt_len].set(first)
+
+    dcache = decoder.new_cache(dcfg, dparams, batch, cache_len)
+    if not dcfg.is_dllm:
+        return seq, first, vcache, ar_drafter.prefill(dcfg, dparams, dcache, padded_prompt, prompt_len), jnp.int32(1)
+    # The prompt's complete blocks below the one holding the first new token, in one pass; the first round's
+    # start then runs only what it must (at a block boundary: the pass that predicts the new block's first token).
+    chunk = shapes.round_up(bucket, dcfg.bd_size)
+    target = jnp.full((batch,), (prompt_len // dcfg.bd_size) * dcfg.bd_size, jnp.int32)
+    dcache, passes, _, _ = drafter.prefill(dcfg, dparams, dcache, seq, target, chunk)
+    return seq, first, vcache, dcache, jnp.sum(passes)
+
+
+def _speculate(ff: FailFastConfig, vcfg, dcfg, vparams, dparams, padded_prompt, prompt_len, max_new_tokens, eos_id,
+               tau, threshold, *, cache_len: int, max_rounds: int, streaming: bool = False):
+    batch = padded_prompt.shape[0]
+    seq, first, vcache, dcache, prefill_forwards = prefill_pair(vcfg, dcfg, vparams, dparams, padded_prompt,
+                                                                prompt_len, cache_len)
     n = prompt_len + 1
     if streaming:
         jax.debug.callback(_Stream.emit, first[:1], 1, ordered=True)
-
-    dcache = decoder.new_cache(dcfg, dparams, batch, cache_len)
-    if dcfg.is_dllm:
-        # The prompt's complete blocks below the one holding n - 1, in one pass; the first round's start then
-        # runs only what it must (at a block boundary: the pass that predicts the new block's first token).
-        chunk = shapes.round_up(bucket, dcfg.bd_size)
-        target = jnp.full((batch,), ((n - 1) // dcfg.bd_size) * dcfg.bd_size, jnp.int32)
-        dcache, passes, _, _ = drafter.prefill(dcfg, dparams, dcache, seq, target, chunk)
-        prefill_forwards = jnp.sum(passes)
-        draft = functools.partial(_draft_diffusion, ff, dcfg, dparams)
-    else:
-        dcache = ar_drafter.prefill(dcfg, dparams, dcache, padded_prompt, prompt_len)
-        prefill_forwards = jnp.int32(1)
-        draft = functools.partial(_draft_autoregressive, ff, dcfg, dparams)
+    draft = functools.partial(_draft_diffusion if dcfg.is_dllm else _draft_autoregressive, ff, dcfg, dparams)
 
     def cond(s: _Rounds):
         return ~jnp.all(s.done)
