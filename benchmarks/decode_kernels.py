@@ -1,11 +1,15 @@
 """What one decode step launches: the kernels in the compiled decode loop's body, by kind (issue 2's open goal).
 
-    python benchmarks/decode_kernels.py [--shape qwen2.5-1.5b] [--context 1024] [--hlo-out FILE]
+    python benchmarks/decode_kernels.py [--shape qwen2.5-1.5b] [--context 1024] [--hlo-out FILE] [--profile]
 
 The 1.5B decode is launch-bound (BENCHMARKS.md): this counts the instructions of the loop body in XLA's
 optimized HLO that run as kernels (fusions, library calls, copies, scatters, ...), expanding nested loops by
 their known trip counts, so each change to the decoder can be judged by how many kernels a token costs before it
 is timed. Counts come from the HLO of the platform it runs on (the GPU's differs from the CPU's).
+
+``--profile`` also runs the loop under JAX's profiler and reads what the device really executed: kernels per
+token, the time they kept the device busy, and the idle gaps between them (wall per token minus busy is the
+launch and synchronisation overhead).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import json
 import os
 import re
 import sys
+import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -83,14 +89,64 @@ def count_kernels(comps: dict, name: str) -> collections.Counter:
     return counts
 
 
+NEW_TOKENS = 128
+
+
+def compiled_decode_loop(config, params, context: int):
+    """``generate``'s decode loop for one row at ``context`` cached tokens, compiled, with its arguments."""
+    generation = importlib.import_module("ffjax.generate")  # the module, not the function ffjax exports
+    cache_len = shapes.cache_length(context, NEW_TOKENS)
+    cache = decoder.new_cache(config, params, 1, cache_len).with_length(context)
+    loop = jax.jit(functools.partial(generation._decode_loop, config, capacity=NEW_TOKENS, greedy=True))
+    args = (params, cache, jnp.zeros((1, config.vocab_size), jnp.float32), jnp.int32(NEW_TOKENS), jnp.int32(-1),
+            jnp.float32(0.0), jax.random.key(0))
+    return loop.lower(*args).compile(), args
+
+
+def device_events(xspace_path: str) -> list[tuple[str, int, int]]:
+    """(name, start ns, duration ns) of every kernel and copy on the accelerator's streams in a profile."""
+    data = jax.profiler.ProfileData.from_file(xspace_path)
+    events = []
+    for plane in data.planes:
+        if not plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            if line.name.startswith("Stream"):
+                events += [(e.name, int(e.start_ns), int(e.duration_ns)) for e in line.events]
+    return sorted(events, key=lambda e: e[1])
+
+
+def profile_steps(compiled, args, new_tokens: int) -> dict:
+    """Runs the compiled loop under the profiler; per-token kernels, busy time and gaps from the device's
+    own timeline."""
+    jax.block_until_ready(compiled(*args))
+    trace_dir = tempfile.mkdtemp(prefix="decode_profile_")
+    jax.profiler.start_trace(trace_dir)
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    wall_s = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    path = next(os.path.join(d, f) for d, _, files in os.walk(trace_dir) for f in files if f.endswith(".xplane.pb"))
+    events = device_events(path)
+    if not events:
+        return {"error": "the profile holds no device stream events (no accelerator, or CUPTI unavailable)"}
+    busy_ns = sum(d for _, _, d in events)
+    span_ns = max(s + d for _, s, d in events) - events[0][1]
+    by_name = collections.defaultdict(lambda: [0, 0])
+    for name, _, duration in events:
+        key = re.sub(r"(\.|_)\d+$", "", name)[:80]  # fusion.12 / loop_fusion_3 -> one row per kind
+        by_name[key][0] += 1
+        by_name[key][1] += duration
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:25]
+    return {"wall_ms_per_token": 1e3 * wall_s / new_tokens, "span_ms_per_token": 1e-6 * span_ns / new_tokens,
+            "busy_ms_per_token": 1e-6 * busy_ns / new_tokens, "events_per_token": len(events) / new_tokens,
+            "top": [{"name": k, "per_token": n / new_tokens, "us_per_token": 1e-3 * t / new_tokens}
+                    for k, (n, t) in top]}
+
+
 def decode_loop_hlo(config, params, context: int) -> str:
     """Optimized HLO of ``generate``'s decode loop for one row at ``context`` cached tokens."""
-    generation = importlib.import_module("ffjax.generate")  # the module, not the function ffjax exports
-    cache_len = shapes.cache_length(context, 128)
-    cache = decoder.new_cache(config, params, 1, cache_len).with_length(context)
-    loop = jax.jit(functools.partial(generation._decode_loop, config, capacity=128, greedy=True))
-    return loop.lower(params, cache, jnp.zeros((1, config.vocab_size), jnp.float32), jnp.int32(128),
-                      jnp.int32(-1), jnp.float32(0.0), jax.random.key(0)).compile().as_text()
+    return compiled_decode_loop(config, params, context)[0].as_text()
 
 
 def step_kernels(hlo: str) -> collections.Counter:
@@ -109,22 +165,42 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", default="qwen2.5-1.5b")
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--hlo-out", help="also write the optimized HLO here")
+    parser.add_argument("--profile", action="store_true", help="also profile the loop on the device")
+    parser.add_argument("--label", default="", help="names this run in the results (e.g. the XLA flags tried)")
+    parser.add_argument("--append-splits", type=int, help="force the fused append kernel's KV split count")
     args = parser.parse_args(argv)
+    if args.append_splits:
+        from pallas_kernels import gpu_append_attention, gpu_triton
+        gpu_append_attention.DEFAULT_CONFIG = gpu_triton.TritonConfig(num_splits=args.append_splits)
     config = common.shape_config(args.shape)
-    hlo = decode_loop_hlo(config, common.random_params(config), args.context)
+    compiled, loop_args = compiled_decode_loop(config, common.random_params(config), args.context)
+    hlo = compiled.as_text()
     if args.hlo_out:
         with open(args.hlo_out, "w") as f:
             f.write(hlo)
     counts = step_kernels(hlo)
     total = sum(counts.values())
     device = jax.devices()[0].device_kind
-    common.write_results("decode_kernels.json", {"device": device, "shape": args.shape, "context": args.context,
-                                                 "kernels_per_step": total, "by_kind": dict(counts)})
-    print(f"{device}, {args.shape}, {args.context}-token context: {total} kernels per decode step "
-          f"({total / config.num_layers:.1f} per layer)")
+    results = {"device": device, "shape": args.shape, "context": args.context, "label": args.label,
+               "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernels_per_step": total, "by_kind": dict(counts)}
+    print(f"{device}, {args.shape}, {args.context}-token context {args.label}: {total} kernels per decode step "
+          f"in the HLO ({total / config.num_layers:.1f} per layer)")
     print("| kind | per step |\n|---|---|")
     for kind, n in counts.most_common():
         print(f"| {kind} | {n} |")
+    if args.profile:
+        profile = results["profile"] = profile_steps(compiled, loop_args, NEW_TOKENS - 1)
+        if "error" in profile:
+            print(profile["error"])
+        else:
+            print(f"profile: wall {profile['wall_ms_per_token']:.3f} ms/token, device span "
+                  f"{profile['span_ms_per_token']:.3f}, busy {profile['busy_ms_per_token']:.3f}, "
+                  f"{profile['events_per_token']:.1f} device events/token")
+            print("| device event | per token | µs per token |\n|---|---|---|")
+            for row in profile["top"]:
+                print(f"| {row['name']} | {row['per_token']:.2f} | {row['us_per_token']:.1f} |")
+    suffix = f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.label)}" if args.label else ""
+    common.write_results(f"decode_kernels{suffix}.json", results)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Correctness of the GPU prefix-block attention kernel on the device, against the jnp reference.
+"""Correctness of the GPU attention kernels on the device (prefix-block attention, and the fused RoPE + cache
+append + attention of ``gpu_append_attention``), against the jnp reference.
 
 Run on the GPU machine: ``PYTHONPATH=. python3 benchmarks/kernels_gpu_check.py [--out DIR]``. Every case draws
 fresh random inputs, fills the cache past ``kv_len`` with NaN (the kernel must never read it), and compares
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import reference
+from pallas_kernels.gpu_append_attention import append_attention
 from pallas_kernels.gpu_triton import TritonConfig, describe, prefix_block_attention
 
 TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2}
@@ -81,10 +83,75 @@ def check(case, config, rng, interpret=False):
     return dict(case=repr(case[:8]), config=repr(plan), rel_error=rel, nan=has_nan, ok=ok)
 
 
+# Fused append: (batch, T, Hq, Hkv, head_dim, cache length, block_size, dtype, q_start per row, kv_len per row);
+# the cache holds NaN from q_start on (the kernel may read only what precedes the block, and what it writes).
+APPEND_CASES = [
+    (1, 1, 12, 2, 128, 1152, None, "bfloat16", [1024], [1025]),  # a 1.5B decode step
+    (1, 1, 28, 4, 128, 1152, None, "float32", [700], [701]),  # a 7B decode step
+    (1, 32, 12, 2, 128, 1152, 32, "bfloat16", [1024], [1056]),  # a Fast-dLLM v2 1.5B block
+    (2, 17, 14, 2, 64, 600, None, "float32", [0, 590], [17, 600]),  # prefill from 0; a block past the cache end
+    (1, 300, 12, 2, 128, 512, None, "bfloat16", [0], [300]),  # a prompt prefill
+    (2, 40, 7, 1, 64, 400, 8, "float32", [64, 13], [104, 40]),  # kv_len inside the block
+]
+
+
+def check_append(case, rng):
+    batch, num_tokens, num_q_heads, num_kv_heads, head_dim, num_keys, block_size, dtype, q_start, kv_len = case
+    qkv = jnp.asarray(rng.standard_normal((batch, num_tokens, num_q_heads + 2 * num_kv_heads, head_dim)), dtype)
+    bias = jnp.asarray(rng.standard_normal((num_q_heads + 2 * num_kv_heads) * head_dim), dtype)
+    positions = np.asarray(q_start)[:, None] + np.arange(num_tokens)[None, :]
+    angles = positions[..., None] * (1e6 ** -(np.arange(0, head_dim, 2) / head_dim))
+    cos, sin = jnp.asarray(np.cos(angles), jnp.float32), jnp.asarray(np.sin(angles), jnp.float32)
+    k = rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)).astype(np.float32)
+    v = rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)).astype(np.float32)
+    stale_k, stale_v = k.copy(), v.copy()
+    for row, start in enumerate(q_start):
+        stale_k[row, start:] = np.nan
+        stale_v[row, start:] = np.nan
+        k[row, start:] = 0.0
+        v[row, start:] = 0.0
+    q_start, kv_len = jnp.asarray(q_start, jnp.int32), jnp.asarray(kv_len, jnp.int32)
+    out, out_k, out_v = append_attention(qkv, cos, sin, jnp.asarray(stale_k, dtype), jnp.asarray(stale_v, dtype),
+                                         q_start, kv_len, num_q_heads=num_q_heads, qkv_bias=bias,
+                                         block_size=block_size)
+    with jax.default_matmul_precision("highest"):
+        up = lambda x: jnp.asarray(x, dtype).astype(jnp.float32)  # noqa: E731
+        ref, ref_k, ref_v = reference.append_attention(up(qkv), cos, sin, up(k), up(v), q_start, kv_len,
+                                                       num_q_heads=num_q_heads, qkv_bias=up(bias),
+                                                       block_size=block_size)
+    errors = {}
+    for name, got, want in (("out", out, ref), ("k_cache", out_k, ref_k), ("v_cache", out_v, ref_v)):
+        got, want = np.asarray(got.astype(jnp.float32)), np.asarray(want)
+        if name != "out":  # compare what precedes each row's block end; past it the cache stays stale
+            keep = np.arange(num_keys)[None, :] < np.minimum(np.asarray(q_start) + num_tokens, num_keys)[:, None]
+            got, want = got[keep], want[keep]
+        errors[name] = float(np.linalg.norm(np.nan_to_num(got - want, nan=1e30)) / max(np.linalg.norm(want), 1e-30))
+    ok = all(e < TOLERANCE[dtype] for e in errors.values()) and out.dtype == qkv.dtype
+    return dict(case="append " + repr(case[:8]), rel_error=errors, ok=ok)
+
+
+NORM_CASES = [(1, 1, 1536, "bfloat16", 2), (1, 32, 1536, "bfloat16", None), (2, 3, 3584, "float32", None)]
+
+
+def check_norm(case, rng):
+    """The fused residual add + RMSNorm kernel against its reference (same float32 arithmetic per element)."""
+    from pallas_kernels import residual_rms_norm as norm
+    batch, tokens, width, dtype, rows = case
+    x, delta = (jnp.asarray(rng.standard_normal((batch, tokens, width)), dtype) for _ in range(2))
+    scale = jnp.asarray(rng.standard_normal(width), dtype)
+    got = norm.residual_rms_norm(x, delta, scale, eps=1e-6, rows=rows, backend="gpu_triton")
+    want = norm.reference(x, delta, scale, eps=1e-6, rows=rows)
+    # Relative to the largest output: a bf16 ulp where the sums' order flips a rounding, float32 rounding else.
+    errors = [float(np.max(np.abs(np.asarray(g, np.float32) - np.asarray(w, np.float32)))
+                    / max(float(np.max(np.abs(np.asarray(w, np.float32)))), 1e-30)) for g, w in zip(got, want)]
+    return dict(case="norm " + repr(case), rel_max_error=errors, ok=max(errors) <= TOLERANCE[dtype])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--interpret", action="store_true", help="dry run of the small cases on CPU")
+    parser.add_argument("--append-only", action="store_true", help="check only the fused append kernel")
     args = parser.parse_args()
     print("jax", jax.__version__, jax.devices(), flush=True)
     rng = np.random.default_rng(2024)
@@ -93,9 +160,15 @@ def main():
     jobs += [(CASES[3], config) for config in CONFIGS[1:]]
     if args.interpret:
         jobs = [(case, config) for case, config in jobs if case[0] * case[1] * case[5] <= 400_000]
+    if args.append_only:
+        jobs = []
+    jobs += [(case, "append") for case in APPEND_CASES if not args.interpret]
+    jobs += [(case, "norm") for case in NORM_CASES if not args.interpret]
     for case, config in jobs:
         try:
-            result = check(case, config, rng, args.interpret)
+            checks = {"append": check_append, "norm": check_norm}
+            result = (checks[config](case, rng) if isinstance(config, str)
+                      else check(case, config, rng, args.interpret))
         except Exception as error:  # report and keep checking the rest
             traceback.print_exc(limit=3)
             result = dict(case=repr(case[:8]), config=repr(config), error=f"{type(error).__name__}: {error}"[:2000],

@@ -24,3 +24,13 @@ def attend(q, k, v, q_start, kv_len, *, block_size: int | None, impl: str = "aut
     # pallas_kernels picks the platform's kernel (the reference on CPU); "reference" forces the jnp version.
     return pallas_kernels.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size,
                                                  backend="reference" if impl == "reference" else None)
+
+
+def append_and_attend(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads: int, qkv_bias=None,
+                      block_size: int | None, impl: str = "auto"):
+    """A new block's attention from its raw projections qkv [B, T, Hq + 2 Hkv, D] (bias not yet added): bias,
+    RoPE, the block's K/V written into this layer's cache, attention. Returns (out [B, T, Hq, D], k_cache,
+    v_cache)."""
+    return pallas_kernels.append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, num_q_heads=num_q_heads,
+                                           qkv_bias=qkv_bias, block_size=block_size,
+                                           backend="reference" if impl == "reference" else None)

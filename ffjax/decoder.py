@@ -25,9 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffjax.attention import attend, resolve_impl
+from ffjax.attention import append_and_attend, attend, resolve_impl
 from ffjax.config import ModelConfig
 from ffjax.kv_cache import PER_LAYER, STACKED, KVCache, default_layout
+from pallas_kernels.reference import apply_rope
+from pallas_kernels.residual_rms_norm import residual_rms_norm
 
 Params = Any  # nested dict of arrays, as produced by Flax
 
@@ -55,27 +57,46 @@ def rope_tables(config: ModelConfig, positions):
     return jnp.cos(angles), jnp.sin(angles)
 
 
-def apply_rope(x, cos, sin):
-    """Rotates x [B, T, H, D] by the half-split (rotate_half) convention HF uses."""
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-
-
 class RMSNorm(nn.Module):
+    """RMSNorm of the residual stream, fused with the residual add before it (one kernel on GPU)."""
+
     eps: float
     dtype: Any
+    impl: str = "auto"  # "reference": the jnp version (differentiable; training uses it)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, delta=None, rows=None):
+        """(x + delta, RMSNorm(x + delta)); delta None adds nothing. ``rows``: pad the normed output with zero
+        rows to that many (see ``gemm_rows``)."""
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return scale * normed.astype(self.dtype)
+        return residual_rms_norm(x, delta, scale, eps=self.eps, rows=rows,
+                                 backend="reference" if self.impl == "reference" else None)
 
 
 def _dense_init(fan_in):
     return nn.initializers.normal(stddev=fan_in ** -0.5)
+
+
+def gemm_rows(batch: int, num_tokens: int) -> int | None:
+    """Rows the projections multiply: 2 for a lone row (batch-1 decoding) on GPU, else None (the tokens).
+
+    XLA:GPU rewrites a vector-matrix product with a weight under ~10M elements (every projection of a 1.5B
+    model but the MLP's) into multiply + reduce, and then writes the whole [K, N] product to HBM before reducing
+    it (JAX 0.11, H100: 4 such kernels per layer, about a fifth of the 1.5B decode step). A zero second row keeps
+    it one GEMM that reads the weight once; the producers write it (``RMSNorm``'s ``rows``, ``pad_rows``)."""
+    return 2 if batch * num_tokens == 1 and jax.default_backend() == "gpu" else None
+
+
+def pad_rows(x, rows: int | None):
+    """x [B, T, K] with zero rows appended up to ``rows`` (None: unchanged)."""
+    return x if rows is None else jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, 0)))
+
+
+def project(h, weight):
+    """h [B, T', K] @ weight [K, N] -> [B, T', N]. Padding rows (``gemm_rows``) are kept, not sliced off: the
+    kernels that consume projections (``append_attention``, ``residual_rms_norm``) read only the real rows, and
+    a slice would be one more copy kernel per projection."""
+    return h @ weight
 
 
 class DecoderLayer(nn.Module):
@@ -91,51 +112,56 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, carry, layer_index, rope_cos, rope_sin, write_positions, q_start, kv_len, mask=None):
+        """carry: (residual stream x, the previous layer's MLP output not yet added to it, K cache, V cache)."""
         c = self.config
-        x, cache_k, cache_v = carry
+        x, delta, cache_k, cache_v = carry
         batch, num_tokens, _ = x.shape
 
-        h = RMSNorm(c.rms_norm_eps, self.dtype, name="attn_norm")(x)
+        x, h = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="attn_norm")(x, delta, gemm_rows(batch, num_tokens))
         qkv_width = c.q_size + 2 * c.kv_size
-        qkv = h @ self.param("qkv", _dense_init(c.hidden_size), (c.hidden_size, qkv_width), self.dtype)
-        if c.qkv_bias:
-            qkv = qkv + self.param("qkv_bias", nn.initializers.normal(0.02), (qkv_width,), self.dtype)
-        q, k, v = jnp.split(qkv, [c.q_size, c.q_size + c.kv_size], axis=-1)
-        q = apply_rope(q.reshape(batch, num_tokens, c.num_heads, c.head_dim), rope_cos, rope_sin)
-        k = apply_rope(k.reshape(batch, num_tokens, c.num_kv_heads, c.head_dim), rope_cos, rope_sin)
-        v = v.reshape(batch, num_tokens, c.num_kv_heads, c.head_dim)
+        qkv = project(h, self.param("qkv", _dense_init(c.hidden_size), (c.hidden_size, qkv_width), self.dtype))
+        bias = self.param("qkv_bias", nn.initializers.normal(0.02), (qkv_width,), self.dtype) if c.qkv_bias else None
+        qkv = qkv.reshape(batch, qkv.shape[1], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
+        if layer_index is None and mask is None:  # per-layer cache: one fused call adds the bias, rotates, appends
+            attn, cache_k, cache_v = append_and_attend(qkv, rope_cos, rope_sin, cache_k, cache_v, q_start, kv_len,
+                                                       num_q_heads=c.num_heads, qkv_bias=bias,
+                                                       block_size=self.block_size, impl=self.attention_impl)
+            return self._rest(x, attn, cache_k, cache_v)
 
+        qkv = qkv[:, :num_tokens]
+        if bias is not None:
+            qkv = qkv + bias.reshape(qkv.shape[2:])
+
+        q, k, v = jnp.split(qkv, [c.num_heads, c.num_heads + c.num_kv_heads], axis=2)
+        q, k = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
         if mask is not None:  # training: no cache, an arbitrary dense mask (grouped K/V heads are shared)
             attn = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
             return self._rest(x, attn, cache_k, cache_v)
-        # Write the block's keys first: the attention contract is that the cache already holds them.
+        # Stacked cache: write only the new positions of layer `layer_index`, then attend over that layer.
         rows = jnp.arange(batch)[:, None]
-        if layer_index is None:  # per-layer layout: this layer's own cache arrays
-            cache_k = cache_k.at[rows, write_positions].set(k.astype(cache_k.dtype), mode="drop")
-            cache_v = cache_v.at[rows, write_positions].set(v.astype(cache_v.dtype), mode="drop")
-            layer_k, layer_v = cache_k, cache_v
-        else:  # stacked layout: write only the new positions of layer `layer_index`
-            cache_k = cache_k.at[layer_index, rows, write_positions].set(k.astype(cache_k.dtype), mode="drop")
-            cache_v = cache_v.at[layer_index, rows, write_positions].set(v.astype(cache_v.dtype), mode="drop")
-            layer_k, layer_v = cache_k[layer_index], cache_v[layer_index]
-        attn = attend(q, layer_k, layer_v, q_start, kv_len, block_size=self.block_size, impl=self.attention_impl)
+        cache_k = cache_k.at[layer_index, rows, write_positions].set(k.astype(cache_k.dtype), mode="drop")
+        cache_v = cache_v.at[layer_index, rows, write_positions].set(v.astype(cache_v.dtype), mode="drop")
+        attn = attend(q, cache_k[layer_index], cache_v[layer_index], q_start, kv_len, block_size=self.block_size,
+                      impl=self.attention_impl)
         return self._rest(x, attn, cache_k, cache_v)
 
     def _rest(self, x, attn, cache_k, cache_v):
-        """Output projection and MLP: everything after attention."""
+        """Output projection and MLP: everything after attention. The MLP's output is returned unadded: the
+        next norm (the next layer's, or the final one) adds it in the same kernel."""
         c = self.config
         batch, num_tokens, _ = x.shape
-        attn = attn.reshape(batch, num_tokens, c.q_size)
-        x = x + attn @ self.param("o", _dense_init(c.q_size), (c.q_size, c.hidden_size), self.dtype)
+        rows = gemm_rows(batch, num_tokens)
+        attn = pad_rows(attn.reshape(batch, num_tokens, c.q_size), rows)
+        attn_out = project(attn, self.param("o", _dense_init(c.q_size), (c.q_size, c.hidden_size), self.dtype))
 
-        h = RMSNorm(c.rms_norm_eps, self.dtype, name="mlp_norm")(x)
-        gate_up = h @ self.param("gate_up", _dense_init(c.hidden_size),
-                                 (c.hidden_size, 2 * c.intermediate_size), self.dtype)
-        gate, up = jnp.split(gate_up, 2, axis=-1)
+        x, h = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="mlp_norm")(x, attn_out, rows)
+        gate_up = project(h, self.param("gate_up", _dense_init(c.hidden_size),
+                                        (c.hidden_size, 2 * c.intermediate_size), self.dtype))
+        gate, up = jnp.split(gate_up, 2, axis=-1)  # padding rows stay zero: silu(0) * 0
         down = self.param("down", _dense_init(c.intermediate_size), (c.intermediate_size, c.hidden_size),
                           self.dtype)
-        x = x + (nn.silu(gate) * up) @ down
-        return (x, cache_k, cache_v), None
+        mlp_out = project(nn.silu(gate) * up, down)
+        return (x, mlp_out, cache_k, cache_v), None
 
 
 class Decoder(nn.Module):
@@ -160,7 +186,7 @@ class Decoder(nn.Module):
         else:  # params "layer_0", "layer_1", ...
             self.layer = [DecoderLayer(c, self.dtype, self.block_size, self.attention_impl)
                           for _ in range(c.num_layers)]
-        self.final_norm = RMSNorm(c.rms_norm_eps, self.dtype)
+        self.final_norm = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl)
         if not c.tie_word_embeddings:
             self.lm_head = self.param("lm_head", _dense_init(c.hidden_size), (c.hidden_size, c.vocab_size),
                                       self.dtype)
@@ -183,15 +209,19 @@ class Decoder(nn.Module):
         if (self.layout == PER_LAYER) != isinstance(cache.k, (tuple, list)):
             raise ValueError(f"the KV cache layout does not match the params layout ({self.layout}); create the "
                              f"cache with KVCache.create(..., layout='{self.layout}')")
-        if self.layout == STACKED:
-            (x, k, v), _ = self.layers((x, cache.k, cache.v), jnp.arange(self.config.num_layers), cos, sin,
-                                       positions, cache.length, kv_len, None)
+        if self.layout == STACKED:  # the scan's carry needs an array where there is nothing to add yet
+            rows = gemm_rows(*tokens.shape) or num_tokens
+            nothing = jnp.zeros((x.shape[0], rows, x.shape[2]), x.dtype)
+            (x, delta, k, v), _ = self.layers((x, nothing, cache.k, cache.v),
+                                              jnp.arange(self.config.num_layers), cos, sin, positions, cache.length,
+                                              kv_len, None)
         else:
-            k, v = list(cache.k), list(cache.v)
+            k, v, delta = list(cache.k), list(cache.v), None
             for i, layer in enumerate(self.layer):
-                (x, k[i], v[i]), _ = layer((x, k[i], v[i]), None, cos, sin, positions, cache.length, kv_len)
+                (x, delta, k[i], v[i]), _ = layer((x, delta, k[i], v[i]), None, cos, sin, positions, cache.length,
+                                                  kv_len)
             k, v = tuple(k), tuple(v)
-        return self.final_norm(x), cache.replace(k=k, v=v)
+        return self.final_norm(x, delta)[1], cache.replace(k=k, v=v)
 
     def masked(self, tokens, positions, mask):
         """Cache-free forward for training: tokens [B, T] at RoPE positions [B, T], query i seeing key j where
@@ -200,12 +230,14 @@ class Decoder(nn.Module):
         cos, sin = rope_tables(self.config, positions)
         x = jnp.take(self.embed, tokens, axis=0, mode="clip")
         if self.layout == STACKED:
-            (x, _, _), _ = self.layers((x, None, None), jnp.arange(self.config.num_layers), cos, sin, None, None,
-                                       None, mask)
+            nothing = jnp.zeros((x.shape[0], gemm_rows(*tokens.shape) or tokens.shape[1], x.shape[2]), x.dtype)
+            (x, delta, _, _), _ = self.layers((x, nothing, None, None), jnp.arange(self.config.num_layers),
+                                              cos, sin, None, None, None, mask)
         else:
+            delta = None
             for layer in self.layer:
-                (x, _, _), _ = layer((x, None, None), None, cos, sin, None, None, None, mask)
-        return self.final_norm(x)
+                (x, delta, _, _), _ = layer((x, delta, None, None), None, cos, sin, None, None, None, mask)
+        return self.final_norm(x, delta)[1]
 
     def logits(self, hidden):
         """float32 logits [..., V] from final hidden states."""

@@ -4,9 +4,13 @@
 of queries attends over a KV cache that already holds the block's own keys, with a causal
 (``block_size=None``) or block-causal mask. ``dispatch`` picks the implementation by platform: the Pallas
 Triton kernel on GPUs (``gpu_triton``, once verified on the device), the Mosaic TPU kernel on TPUs
-(``tpu_mosaic``, interpret-mode tested only), the jnp ``reference`` elsewhere. See README.md here.
+(``tpu_mosaic``, interpret-mode tested only), the jnp ``reference`` elsewhere.
+
+``append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads, ...)``: the same attention
+for a new block given its raw QKV projection: RoPE, the cache append and the attention in one call, one fused
+kernel on GPUs (``gpu_append_attention``). See README.md here.
 """
 
-from pallas_kernels.dispatch import BACKENDS, default_backend, prefix_block_attention
+from pallas_kernels.dispatch import BACKENDS, append_attention, default_backend, prefix_block_attention
 
-__all__ = ["BACKENDS", "default_backend", "prefix_block_attention"]
+__all__ = ["BACKENDS", "append_attention", "default_backend", "prefix_block_attention"]

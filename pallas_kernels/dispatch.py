@@ -53,3 +53,27 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
         return tpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, scale=scale,
                                                  interpret=interpret)
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads, qkv_bias=None, block_size=None,
+                     scale=None, interpret=False, backend: str | None = None):
+    """A new block's attention from its raw projections, appending its keys and values to the cache.
+
+    qkv [B, T, Hq + 2 Hkv, D] before the bias (qkv_bias [(Hq + 2 Hkv) * D] or None) and RoPE; cos, sin [B, T, D // 2] float32 at positions ``q_start + [0, T)``;
+    k_cache, v_cache [B, S, Hkv, D]. Returns (out [B, T, Hq, D], k_cache, v_cache with the block written, positions
+    past S dropped). The same as ``reference.append_attention``; on GPUs one fused kernel
+    (``gpu_append_attention``), elsewhere the rotation and cache writes in XLA and the platform's
+    ``prefix_block_attention``.
+    """
+    backend = backend or default_backend(interpret=interpret)
+    if backend == "gpu_triton":
+        from pallas_kernels import gpu_append_attention
+
+        return gpu_append_attention.append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len,
+                                                     num_q_heads=num_q_heads, qkv_bias=qkv_bias,
+                                                     block_size=block_size, scale=scale, interpret=interpret)
+    q, k_cache, v_cache = reference.rotate_and_append(qkv, cos, sin, k_cache, v_cache, q_start,
+                                                      num_q_heads=num_q_heads, qkv_bias=qkv_bias)
+    out = prefix_block_attention(q, k_cache, v_cache, q_start, kv_len, block_size=block_size, scale=scale,
+                                 interpret=interpret, backend=backend)
+    return out, k_cache, v_cache

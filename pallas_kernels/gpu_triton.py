@@ -88,7 +88,9 @@ def plan(config: TritonConfig, *, batch, num_kv_heads, num_rows, num_keys, head_
     if num_splits is None:
         programs_per_split = pl.cdiv(num_rows, block_m) * batch * num_kv_heads
         slots = sm_count * _resident_programs_per_sm(block_m)
-        by_length = max(1, num_keys // (4 * block_k))  # at least four key tiles per program
+        # Long caches reach full occupancy with a few splits of many tiles each; short ones (a decode step over
+        # 1k keys: 2 KV heads x 1 row tile) need a split per key tile to occupy more than a handful of SMs.
+        by_length = max(1, num_keys // block_k)
         num_splits = _choose_num_splits(programs_per_split, slots, by_length)
     del head_dim
     return TritonConfig(block_m=block_m, block_k=block_k, num_splits=num_splits, num_warps=num_warps,

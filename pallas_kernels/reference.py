@@ -1,4 +1,4 @@
-"""Pure-jnp prefix-block attention: the ground truth every kernel is tested against."""
+"""Pure-jnp attention: the ground truth every kernel is tested against."""
 
 from __future__ import annotations
 
@@ -46,3 +46,43 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
     probs = weights / jnp.where(denom == 0.0, 1.0, denom)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return out.reshape(batch, num_queries, num_q_heads, head_dim).astype(q.dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotates x [B, T, H, D] by the half-split (rotate_half) convention HF uses; cos, sin [B, T, D // 2]
+    float32. Computed in float32, returned in x's dtype."""
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def rotate_and_append(qkv, cos, sin, k_cache, v_cache, q_start, *, num_q_heads, qkv_bias=None):
+    """Adds the projection's bias (qkv_bias [(Hq + 2 Hkv) * D], if any) to a block's raw projections
+    qkv [B, T' >= T, Hq + 2 Hkv, D] (T from cos; rows past it ignored), splits them into heads, rotates q and k by RoPE (cos, sin
+    [B, T, D // 2] float32), and writes k, v into the cache [B, S, Hkv, D] at ``q_start + [0, T)`` (positions
+    past S dropped). Returns (rotated q [B, T, Hq, D], k_cache, v_cache)."""
+    num_kv_heads = k_cache.shape[2]
+    qkv = qkv[:, :cos.shape[1]]  # rows past the block's T (GEMM padding) are not part of it
+    if qkv_bias is not None:
+        qkv = qkv + qkv_bias.reshape(qkv.shape[2:])
+    q, k, v = jnp.split(qkv, [num_q_heads, num_q_heads + num_kv_heads], axis=2)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    rows = jnp.arange(qkv.shape[0])[:, None]
+    positions = q_start[:, None] + jnp.arange(qkv.shape[1], dtype=jnp.int32)[None, :]
+    k_cache = k_cache.at[rows, positions].set(k.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[rows, positions].set(v.astype(v_cache.dtype), mode="drop")
+    return q, k_cache, v_cache
+
+
+def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads, qkv_bias=None,
+                     block_size=None, scale=None, interpret=False):
+    """A new block's attention from its raw projections: ``rotate_and_append``, then ``prefix_block_attention``.
+
+    qkv: [B, T, Hq + 2 Hkv, D] before RoPE; cos, sin: [B, T, D // 2] float32 at positions ``q_start + [0, T)``;
+    k_cache, v_cache: [B, S, Hkv, D]. Returns (out [B, T, Hq, D], k_cache, v_cache).
+    """
+    del interpret
+    q, k_cache, v_cache = rotate_and_append(qkv, cos, sin, k_cache, v_cache, q_start, num_q_heads=num_q_heads,
+                                            qkv_bias=qkv_bias)
+    out = prefix_block_attention(q, k_cache, v_cache, q_start, kv_len, block_size=block_size, scale=scale)
+    return out, k_cache, v_cache

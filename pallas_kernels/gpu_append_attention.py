@@ -1,0 +1,247 @@
+"""A new block's attention on NVIDIA GPUs, fused with RoPE and the KV-cache append (Pallas, Triton lowering).
+
+``prefix_block_attention`` wants the block's keys already rotated and written into the cache. Done by XLA,
+that is a rotation of the queries, one of the keys, a bounds guard and two cache writes per layer: five small
+kernels, each a few microseconds, which made a 1.5B model's decode step launch-bound (benchmarks/decode_kernels.py
+--profile, H100). Here one kernel takes the raw QKV projection and does all of it:
+
+* keys below ``q_start`` (the prefix) come from the cache and are visible to every query of the block;
+* the block's own keys come straight from the projection, rotated on the fly, under the causal or block-causal
+  mask;
+* the programs of the first KV split write the block's rotated keys and values into the cache in place
+  (aliased), where no other program reads them: prefix tiles stop at ``q_start``.
+
+The work decomposition is ``gpu_triton``'s: rows are (query position, grouped head) pairs of one KV head, the
+prefix and the block's key tiles form one sequence that is split across programs, and a short XLA reduction
+merges the splits. The group is padded to a power of two (rows of padding heads are computed and dropped).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels.gpu_triton import _H100_SM_COUNT, TritonConfig, _next_power_of_two, _sm_count, merge_splits, plan
+from pallas_kernels.query_rows import visible_key_end
+
+
+def _rotate(x1, x2, cos, sin, dtype):
+    """RoPE's half-split rotation in float32, rounded to ``dtype`` as the reference does."""
+    x1, x2 = x1.astype(jnp.float32), x2.astype(jnp.float32)
+    return (x1 * cos - x2 * sin).astype(dtype), (x2 * cos + x1 * sin).astype(dtype)
+
+
+def _kernel(q_start_ref, kv_len_ref, qkv_ref, bias_ref, cos_ref, sin_ref, k_in_ref, v_in_ref,
+            o_ref, lse_ref, k_out_ref, v_out_ref, *, scale, block_size, num_tokens, num_q_heads, num_kv_heads,
+            group, group_pad, block_t, block_k, num_splits, precision):
+    tile, split, kv_head = pl.program_id(0), pl.program_id(1), pl.program_id(2) % num_kv_heads
+    num_keys = k_in_ref.shape[0]
+    q_start, kv_len = q_start_ref[()], jnp.minimum(kv_len_ref[()], num_keys)  # keys past the cache: dropped
+    half = qkv_ref.shape[-1] // 2
+    dtype = k_in_ref.dtype
+    block_m = block_t * group_pad
+    key_head, value_head = num_q_heads + kv_head, num_q_heads + num_kv_heads + kv_head
+
+    def with_bias(x, bias):
+        """The projection's bias, added as XLA adds it to the GEMM's output: in float32, rounded to x's dtype."""
+        return (x.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+    first_token = tile * block_t
+    tokens = first_token + jnp.arange(block_t, dtype=jnp.int32)
+    token_ok = tokens < num_tokens
+    cos = plgpu.load(cos_ref.at[pl.ds(first_token, block_t), :], mask=token_ok[:, None], other=0.0)
+    sin = plgpu.load(sin_ref.at[pl.ds(first_token, block_t), :], mask=token_ok[:, None], other=0.0)
+
+    # Queries: [block_t, group_pad] heads of this KV head's group, rotated, as block_m rows.
+    q_mask = token_ok[:, None, None] & (jnp.arange(group_pad) < group)[None, :, None]
+    heads_ok = (jnp.arange(group_pad) < group)[:, None]
+    q_half = lambda lo: with_bias(plgpu.load(  # noqa: E731
+        qkv_ref.at[pl.ds(first_token, block_t), pl.ds(kv_head * group, group_pad), pl.ds(lo, half)],
+        mask=q_mask, other=0), plgpu.load(bias_ref.at[pl.ds(kv_head * group, group_pad), pl.ds(lo, half)],
+                                          mask=heads_ok, other=0)[None])
+    q1, q2 = _rotate(q_half(0), q_half(half), cos[:, None, :], sin[:, None, :], dtype)
+    q1, q2 = q1.reshape(block_m, half), q2.reshape(block_m, half)
+    row_position = q_start + first_token + jnp.arange(block_m, dtype=jnp.int32) // group_pad
+
+    def scores_of(k1, k2):
+        dot = lambda a, b: lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision,  # noqa: E731
+                                           preferred_element_type=jnp.float32)
+        return (dot(q1, k1) + dot(q2, k2)) * scale
+
+    def accumulate(carry, scores, v, masked):
+        acc, row_max, row_sum = carry
+        new_max = jnp.maximum(row_max, jnp.max(scores, axis=1))
+        if masked:  # a row may have seen nothing yet: keep exp() away from (-inf) - (-inf)
+            safe_max = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+        else:
+            safe_max = new_max
+        correction = jnp.exp(row_max - safe_max)
+        probs = jnp.exp(scores - safe_max[:, None])
+        row_sum = row_sum * correction + jnp.sum(probs, axis=1)
+        acc = acc * correction[:, None] + lax.dot_general(
+            probs.astype(dtype), v, (((1,), (0,)), ((), ())), precision=precision,
+            preferred_element_type=jnp.float32)
+        return acc, new_max, row_sum
+
+    # Prefix keys [0, prefix_end): in the cache, visible to every row (they precede the block).
+    prefix_end = jnp.clip(jnp.minimum(q_start, kv_len), 0, num_keys)
+
+    def prefix_step(tile_index, carry, *, masked):
+        start = tile_index * block_k
+        if masked:  # the last, partial tile: past prefix_end lie stale entries, or this block's being written
+            keys = start + jnp.arange(block_k, dtype=jnp.int32)
+            loadable = (keys < prefix_end)[:, None]
+            load = lambda lo, width: plgpu.load(  # noqa: E731
+                k_in_ref.at[pl.ds(start, block_k), pl.ds(lo, width)], mask=loadable, other=0)
+            k1, k2 = load(0, half), load(half, half)
+            v = plgpu.load(v_in_ref.at[pl.ds(start, block_k), :], mask=loadable, other=0)
+            scores = jnp.where((keys < prefix_end)[None, :], scores_of(k1, k2), -jnp.inf)
+        else:
+            k1, k2 = k_in_ref[pl.ds(start, block_k), pl.ds(0, half)], k_in_ref[pl.ds(start, block_k), pl.ds(half, half)]
+            v = v_in_ref[pl.ds(start, block_k), :]
+            scores = scores_of(k1, k2)
+        return accumulate(carry, scores, v, masked)
+
+    def new_keys(first, count, token_mask):
+        """Rotated keys and the values of block tokens [first, first + count)."""
+        ck = plgpu.load(cos_ref.at[pl.ds(first, count), :], mask=token_mask[:, None], other=0.0)
+        sk = plgpu.load(sin_ref.at[pl.ds(first, count), :], mask=token_mask[:, None], other=0.0)
+        load = lambda head, lo, width: with_bias(plgpu.load(  # noqa: E731
+            qkv_ref.at[pl.ds(first, count), head, pl.ds(lo, width)], mask=token_mask[:, None], other=0),
+            bias_ref[head, pl.ds(lo, width)][None, :])
+        k1, k2 = _rotate(load(key_head, 0, half), load(key_head, half, half), ck, sk, dtype)
+        return k1, k2, load(value_head, 0, 2 * half)
+
+    def block_step(tile_index, carry):
+        key_tokens = tile_index * block_k + jnp.arange(block_k, dtype=jnp.int32)
+        key_ok = key_tokens < num_tokens
+        k1, k2, v = new_keys(tile_index * block_k, block_k, key_ok)
+        key_position = q_start + key_tokens
+        if block_size is None:
+            visible = key_position[None, :] <= row_position[:, None]
+        else:
+            visible = (key_position // block_size)[None, :] <= (row_position // block_size)[:, None]
+        visible &= (key_ok & (key_position < kv_len))[None, :]
+        return accumulate(carry, jnp.where(visible, scores_of(k1, k2), -jnp.inf), v, masked=True)
+
+    # The block's keys this tile may see end where its last real query's visibility ends.
+    last_token = jnp.minimum(first_token + block_t, num_tokens) - 1
+    block_end = jnp.clip(jnp.minimum(visible_key_end(q_start + last_token, block_size), kv_len) - q_start,
+                         0, num_tokens)
+    prefix_tiles, full_prefix_tiles = pl.cdiv(prefix_end, block_k), prefix_end // block_k
+    total_tiles = prefix_tiles + pl.cdiv(block_end, block_k)
+    tiles_per_split = pl.cdiv(total_tiles, num_splits)
+    lo = jnp.minimum(split * tiles_per_split, total_tiles)
+    hi = jnp.minimum(lo + tiles_per_split, total_tiles)
+
+    carry = (jnp.zeros((block_m, 2 * half), jnp.float32), jnp.full((block_m,), -jnp.inf, jnp.float32),
+             jnp.zeros((block_m,), jnp.float32))
+    carry = lax.fori_loop(lo, jnp.minimum(hi, full_prefix_tiles), functools.partial(prefix_step, masked=False),
+                          carry)
+    carry = lax.fori_loop(jnp.maximum(lo, full_prefix_tiles), jnp.minimum(hi, prefix_tiles),
+                          functools.partial(prefix_step, masked=True), carry)
+    acc, row_max, row_sum = lax.fori_loop(jnp.maximum(lo, prefix_tiles) - prefix_tiles,
+                                          jnp.maximum(hi, prefix_tiles) - prefix_tiles, block_step, carry)
+
+    seen_any = row_sum > 0.0
+    out = acc / jnp.where(seen_any, row_sum, 1.0)[:, None]
+    lse = jnp.where(seen_any, row_max + jnp.log(jnp.where(seen_any, row_sum, 1.0)), -jnp.inf)
+    o_ref[pl.ds(tile * block_m, block_m), :] = out.astype(o_ref.dtype)
+    lse_ref[pl.ds(tile * block_m, block_m)] = lse
+
+    @pl.when(split == 0)
+    def _append():  # this tile's tokens, once per KV head
+        writable = token_ok & (q_start + tokens < num_keys)
+        k1, k2, v = new_keys(first_token, block_t, writable)
+        rows = pl.ds(q_start + first_token, block_t)
+        plgpu.store(k_out_ref.at[rows, pl.ds(0, half)], k1, mask=writable[:, None])
+        plgpu.store(k_out_ref.at[rows, pl.ds(half, half)], k2, mask=writable[:, None])
+        plgpu.store(v_out_ref.at[rows, :], v, mask=writable[:, None])
+
+
+# Launch parameters left open are planned per shape (``gpu_triton.plan``); benchmarks may override this default.
+DEFAULT_CONFIG = TritonConfig()
+
+
+@functools.partial(jax.jit, static_argnames=("num_q_heads", "block_size", "scale", "interpret", "config"))
+def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads, qkv_bias=None,
+                     block_size=None, scale=None, interpret=False, config: TritonConfig | None = None):
+    """Same contract as ``pallas_kernels.reference.append_attention``; runs the fused Triton kernel."""
+    batch, qkv_rows, num_heads, head_dim = qkv.shape
+    num_tokens = cos.shape[1]  # qkv may carry padding rows past the block (a lone row's two-row GEMM)
+    num_keys, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    if num_heads != num_q_heads + 2 * num_kv_heads or num_q_heads % num_kv_heads:
+        raise ValueError(f"qkv has {num_heads} heads; expected {num_q_heads} query heads + 2 x {num_kv_heads}")
+    if head_dim & (head_dim - 1) or head_dim < 32:
+        raise ValueError(f"the Triton kernel needs a power-of-two head_dim >= 32, got {head_dim}")
+    if cos.shape != (batch, num_tokens, head_dim // 2) or sin.shape != cos.shape or qkv_rows < num_tokens:
+        raise ValueError(f"cos, sin must be [B, T, D/2] with T <= qkv's {qkv_rows} rows and D = {head_dim}; got "
+                         f"{cos.shape}, {sin.shape}")
+    group = num_q_heads // num_kv_heads
+    group_pad = _next_power_of_two(group)
+    scale = head_dim ** -0.5 if scale is None else scale
+    # Zeros when the model has no bias: an extra 2 KB read, not a second kernel variant.
+    qkv_bias = jnp.zeros((num_heads, head_dim), qkv.dtype) if qkv_bias is None else qkv_bias.reshape(num_heads, head_dim)
+    config = DEFAULT_CONFIG if config is None else config
+    cfg = plan(config, batch=batch, num_kv_heads=num_kv_heads, num_rows=num_tokens * group_pad,
+               num_keys=num_keys, head_dim=head_dim, itemsize=k_cache.dtype.itemsize,
+               sm_count=_H100_SM_COUNT if interpret else _sm_count())
+    block_t = max(cfg.block_m, group_pad) // group_pad
+    num_tiles = pl.cdiv(num_tokens, block_t)
+    num_rows = num_tiles * block_t * group_pad
+    block_k = min(cfg.block_k, max(16, _next_power_of_two(num_keys)))
+    precision = lax.Precision.HIGHEST if k_cache.dtype == jnp.float32 else None
+    partial_dtype = qkv.dtype if cfg.num_splits == 1 else jnp.float32
+
+    cache_length = num_keys
+    if num_keys < block_k:  # a cache shorter than one key tile (tests): pad it rather than special-case
+        padding = ((0, 0), (0, block_k - num_keys), (0, 0), (0, 0))
+        k_cache, v_cache, num_keys = jnp.pad(k_cache, padding), jnp.pad(v_cache, padding), block_k
+        kv_len = jnp.minimum(jnp.asarray(kv_len, jnp.int32), cache_length)
+
+    kernel = functools.partial(
+        _kernel, scale=scale, block_size=block_size, num_tokens=num_tokens, num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads, group=group, group_pad=group_pad, block_t=block_t, block_k=block_k,
+        num_splits=cfg.num_splits, precision=precision)
+    batch_of = lambda bh: bh // num_kv_heads  # noqa: E731
+    head_of = lambda bh: bh % num_kv_heads  # noqa: E731
+    per_row = lambda *shape: pl.BlockSpec((None, *shape), lambda t, s, bh: (batch_of(bh),) + (0,) * len(shape))  # noqa: E731
+    cache_spec = pl.BlockSpec((None, num_keys, None, head_dim), lambda t, s, bh: (batch_of(bh), 0, head_of(bh), 0))
+    partial_out, partial_lse, k_cache, v_cache = pl.pallas_call(
+        kernel,
+        grid=(num_tiles, cfg.num_splits, batch * num_kv_heads),
+        in_specs=[per_row(), per_row(), per_row(qkv_rows, num_heads, head_dim),
+                  pl.BlockSpec((num_heads, head_dim), lambda t, s, bh: (0, 0)), per_row(num_tokens, head_dim // 2),
+                  per_row(num_tokens, head_dim // 2), cache_spec, cache_spec],
+        out_specs=[
+            pl.BlockSpec((None, None, None, num_rows, head_dim), lambda t, s, bh: (batch_of(bh), head_of(bh), s, 0, 0)),
+            pl.BlockSpec((None, None, None, num_rows), lambda t, s, bh: (batch_of(bh), head_of(bh), s, 0)),
+            cache_spec, cache_spec,
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((batch, num_kv_heads, cfg.num_splits, num_rows, head_dim), partial_dtype),
+            jax.ShapeDtypeStruct((batch, num_kv_heads, cfg.num_splits, num_rows), jnp.float32),
+            jax.ShapeDtypeStruct(k_cache.shape, k_cache.dtype),
+            jax.ShapeDtypeStruct(v_cache.shape, v_cache.dtype),
+        ],
+        input_output_aliases={6: 2, 7: 3},
+        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+        interpret=interpret,
+        name="append_attention",
+    )(jnp.asarray(q_start, jnp.int32), jnp.asarray(kv_len, jnp.int32), qkv, qkv_bias, cos.astype(jnp.float32),
+      sin.astype(jnp.float32), k_cache, v_cache)
+
+    if num_keys != cache_length:  # positions past the real cache are dropped, as in the reference
+        k_cache, v_cache = k_cache[:, :cache_length], v_cache[:, :cache_length]
+    rows = partial_out[:, :, 0] if cfg.num_splits == 1 else merge_splits(partial_out, partial_lse)
+    rows = rows.reshape(batch, num_kv_heads, num_tiles * block_t, group_pad, head_dim)[:, :, :num_tokens, :group]
+    out = rows.transpose(0, 2, 1, 3, 4).reshape(batch, num_tokens, num_q_heads, head_dim)
+    return out.astype(qkv.dtype), k_cache, v_cache
+
+
+__all__ = ["append_attention"]
