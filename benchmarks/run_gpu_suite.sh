@@ -17,15 +17,10 @@ run() {  # run NAME SECONDS COMMAND...
 for step in $STEPS; do
   case $step in
     decode) run decode 420 python3 benchmarks/decode_bench.py --shapes qwen2.5-7b qwen2.5-1.5b ;;
-    kernels) run kernels 180 python3 benchmarks/decode_kernels.py --shape qwen2.5-1.5b --hlo-out "$OUT/decode_1.5b.hlo" ;;
-    profile)  # the 1.5B decode loop on the device's timeline: as shipped, reference attention, command buffers
-      run profile_default 120 python3 benchmarks/decode_kernels.py --profile --label default
-      FFJAX_ATTENTION=reference run profile_reference 120 python3 benchmarks/decode_kernels.py --profile \
-        --label reference-attention
-      XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,WHILE,CONDITIONAL --xla_gpu_graph_min_graph_size=1" \
-        run profile_graphs 120 python3 benchmarks/decode_kernels.py --profile --label command-buffers-while
-      XLA_FLAGS="--xla_gpu_enable_command_buffer=" run profile_nographs 120 python3 benchmarks/decode_kernels.py \
-        --profile --label no-command-buffers ;;
+    kernels)  # kernels per 1.5B decode step: compiled HLO and the device's own timeline, kernels on and off
+      run kernels 120 python3 benchmarks/decode_kernels.py --profile --label default --hlo-out "$OUT/decode_1.5b.hlo"
+      FFJAX_ATTENTION=reference run kernels_reference 120 python3 benchmarks/decode_kernels.py --profile \
+        --label reference-kernels ;;
     hf) run hf 200 python3 benchmarks/hf_generate_bench.py ;;
     dllm) run dllm 240 python3 benchmarks/dllm_bench.py ;;
     speculate) run speculate 300 python3 benchmarks/speculate_bench.py ;;
