@@ -30,6 +30,19 @@ def default_backend(platform: str | None = None, *, interpret: bool = False) -> 
     return "reference"
 
 
+def _fits_triton(head_dim: int, *, min_head_dim: int) -> bool:
+    """The Triton kernels tile the head dimension whole (the fused one in halves): a power of two, not tiny."""
+    return head_dim >= min_head_dim and not head_dim & (head_dim - 1)
+
+
+def _fitting(backend: str, head_dim: int, *, min_head_dim: int) -> str:
+    """The default backend, or the reference where the GPU kernel cannot take this head_dim (tiny test models,
+    head dims such as 80 or 96): a default must never fail where the reference works."""
+    if backend == "gpu_triton" and not _fits_triton(head_dim, min_head_dim=min_head_dim):
+        return "reference"
+    return backend
+
+
 def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=None, interpret=False,
                            backend: str | None = None):
     """Attention of a block of queries over a KV cache that already holds the block's own keys.
@@ -39,7 +52,7 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
     j // block_size <= (q_start[b] + i) // block_size (block-causal). Softmax in float32, output in q's
     dtype, zeros for a query that sees no key. ``backend`` forces one of ``BACKENDS``.
     """
-    backend = backend or default_backend(interpret=interpret)
+    backend = backend or _fitting(default_backend(interpret=interpret), q.shape[-1], min_head_dim=16)
     if backend == "reference":
         return reference.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, scale=scale)
     if backend == "gpu_triton":
@@ -65,7 +78,10 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     (``gpu_append_attention``), elsewhere the rotation and cache writes in XLA and the platform's
     ``prefix_block_attention``.
     """
-    backend = backend or default_backend(interpret=interpret)
+    if backend is None:
+        backend = default_backend(interpret=interpret)
+        if backend == "gpu_triton" and not _fits_triton(qkv.shape[-1], min_head_dim=32):
+            backend = None  # the XLA path below, with whichever attention kernel fits
     if backend == "gpu_triton":
         from pallas_kernels import gpu_append_attention
 

@@ -148,3 +148,19 @@ def test_padding_rows_past_the_block_are_never_read():
                 gpu_append_attention(padded, cos, sin, k_cache, v_cache, q_start, kv_len, interpret=True, **args)):
         for got_part, want_part in zip(got, want):
             np.testing.assert_allclose(got_part, want_part, atol=1e-5)
+
+
+def test_default_dispatch_falls_back_where_the_gpu_kernel_cannot_take_the_head_dim(monkeypatch):
+    """On a GPU the default must never fail where the reference works: a head_dim the Triton kernels cannot
+    tile (not a power of two, such as 48 or 80) goes through XLA and the reference attention instead."""
+    from pallas_kernels import dispatch
+    monkeypatch.setattr(dispatch.jax, "default_backend", lambda: "gpu")
+    for head_dim in (48, 80):
+        qkv, qkv_bias, cos, sin, k_cache, v_cache = make_inputs(6, batch=1, tokens=2, num_q_heads=2, num_kv_heads=1,
+                                                                head_dim=head_dim, cache_length=8, q_start=[3],
+                                                                dtype=jnp.float32)
+        args = (qkv, cos, sin, k_cache, v_cache, jnp.array([3]), jnp.array([5]))
+        got = pallas_kernels.append_attention(*args, num_q_heads=2, qkv_bias=qkv_bias)
+        want = reference.append_attention(*args, num_q_heads=2, qkv_bias=qkv_bias)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import ffjax
-from ffjax import executables
+from ffjax import decoder, executables
 from ffjax.checkpoint import Model
 from ffjax.compatibility import IncompatibleModelsError, check_drafter_matches_verifier
 from ffjax.failfast_config import FailFastConfig
@@ -33,8 +33,10 @@ def context_free(model: Model) -> Model:
     """Attention output zeroed: each position's prediction depends on its own token only, and the mask token's
     embedding is zero, so a masked position yields uniform logits. Served as a dLLM with these weights, the
     drafter then unmasks exactly the verifier's next token, one confident token per step."""
-    params = jax.tree.map(lambda x: x, model.params)
+    params = jax.tree.map(lambda x: x, decoder.stack_layers(model.params))  # a copy, in the checkpoint layout
     params["layers"]["o"] = jnp.zeros_like(params["layers"]["o"])
+    if decoder.layout_of(model.params) != decoder.layout_of(params):
+        params = decoder.unstack_layers(params)
     params["embed"] = params["embed"].at[MASK_ID].set(0.0)
     params["final_norm"]["scale"] = params["final_norm"]["scale"] * 30.0  # confident without attention, too
     return Model(model.config, params)
