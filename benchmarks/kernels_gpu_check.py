@@ -49,16 +49,20 @@ CONFIGS = [
 ]
 
 
+def caches(rng, batch, num_keys, num_kv_heads, head_dim, nan_from):
+    """Random float32 K and V caches, as (k, v, clean_k, clean_v): from position nan_from[row] on, NaN in k and v
+    (what a kernel must never read) and zeros in the clean pair (what the reference sees)."""
+    k, v = (rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)).astype(np.float32) for _ in range(2))
+    clean_k, clean_v = k.copy(), v.copy()
+    for row, start in enumerate(nan_from):
+        k[row, start:] = v[row, start:] = np.nan
+        clean_k[row, start:] = clean_v[row, start:] = 0.0
+    return k, v, clean_k, clean_v
+
+
 def make_inputs(rng, batch, num_queries, num_q_heads, num_kv_heads, head_dim, num_keys, dtype, kv_len):
     q = rng.standard_normal((batch, num_queries, num_q_heads, head_dim)).astype(np.float32)
-    k = rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)).astype(np.float32)
-    v = rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)).astype(np.float32)
-    clean_k, clean_v = k.copy(), v.copy()
-    for row, length in enumerate(kv_len):
-        k[row, length:] = np.nan
-        v[row, length:] = np.nan
-        clean_k[row, length:] = 0.0
-        clean_v[row, length:] = 0.0
+    k, v, clean_k, clean_v = caches(rng, batch, num_keys, num_kv_heads, head_dim, kv_len)
     as_dtype = lambda x: jnp.asarray(x, dtype)  # noqa: E731
     return as_dtype(q), as_dtype(k), as_dtype(v), as_dtype(clean_k), as_dtype(clean_v)
 
@@ -102,14 +106,7 @@ def check_append(case, rng):
     positions = np.asarray(q_start)[:, None] + np.arange(num_tokens)[None, :]
     angles = positions[..., None] * (1e6 ** -(np.arange(0, head_dim, 2) / head_dim))
     cos, sin = jnp.asarray(np.cos(angles), jnp.float32), jnp.asarray(np.sin(angles), jnp.float32)
-    k = rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)).astype(np.float32)
-    v = rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)).astype(np.float32)
-    stale_k, stale_v = k.copy(), v.copy()
-    for row, start in enumerate(q_start):
-        stale_k[row, start:] = np.nan
-        stale_v[row, start:] = np.nan
-        k[row, start:] = 0.0
-        v[row, start:] = 0.0
+    stale_k, stale_v, k, v = caches(rng, batch, num_keys, num_kv_heads, head_dim, q_start)
     q_start, kv_len = jnp.asarray(q_start, jnp.int32), jnp.asarray(kv_len, jnp.int32)
     out, out_k, out_v = append_attention(qkv, cos, sin, jnp.asarray(stale_k, dtype), jnp.asarray(stale_v, dtype),
                                          q_start, kv_len, num_q_heads=num_q_heads, qkv_bias=bias,

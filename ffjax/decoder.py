@@ -28,7 +28,7 @@ import numpy as np
 from ffjax.attention import append_and_attend, attend, resolve_impl
 from ffjax.config import ModelConfig
 from ffjax.kv_cache import PER_LAYER, STACKED, KVCache, default_layout
-from pallas_kernels.reference import apply_rope
+from pallas_kernels.reference import split_heads
 from pallas_kernels.residual_rms_norm import residual_rms_norm
 
 Params = Any  # nested dict of arrays, as produced by Flax
@@ -92,6 +92,13 @@ def pad_rows(x, rows: int | None):
     return x if rows is None else jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, 0)))
 
 
+def nothing_to_add(x, tokens):
+    """The MLP output the first layer's norm adds, where a scan's carry needs an array: zeros in the rows the
+    layers' outputs have (``gemm_rows``)."""
+    batch, num_tokens = tokens.shape
+    return jnp.zeros((batch, gemm_rows(batch, num_tokens) or num_tokens, x.shape[2]), x.dtype)
+
+
 def project(h, weight):
     """h [B, T', K] @ weight [K, N] -> [B, T', N]. Padding rows (``gemm_rows``) are kept, not sliced off: the
     kernels that consume projections (``append_attention``, ``residual_rms_norm``) read only the real rows, and
@@ -117,7 +124,8 @@ class DecoderLayer(nn.Module):
         x, delta, cache_k, cache_v = carry
         batch, num_tokens, _ = x.shape
 
-        x, h = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="attn_norm")(x, delta, gemm_rows(batch, num_tokens))
+        attn_norm = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="attn_norm")
+        x, h = attn_norm(x, delta, gemm_rows(batch, num_tokens))
         qkv_width = c.q_size + 2 * c.kv_size
         qkv = project(h, self.param("qkv", _dense_init(c.hidden_size), (c.hidden_size, qkv_width), self.dtype))
         bias = self.param("qkv_bias", nn.initializers.normal(0.02), (qkv_width,), self.dtype) if c.qkv_bias else None
@@ -128,12 +136,8 @@ class DecoderLayer(nn.Module):
                                                        block_size=self.block_size, impl=self.attention_impl)
             return self._rest(x, attn, cache_k, cache_v)
 
-        qkv = qkv[:, :num_tokens]
-        if bias is not None:
-            qkv = qkv + bias.reshape(qkv.shape[2:])
-
-        q, k, v = jnp.split(qkv, [c.num_heads, c.num_heads + c.num_kv_heads], axis=2)
-        q, k = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
+        q, k, v = split_heads(qkv, rope_cos, rope_sin, num_q_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                              qkv_bias=bias)
         if mask is not None:  # training: no cache, an arbitrary dense mask (grouped K/V heads are shared)
             attn = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
             return self._rest(x, attn, cache_k, cache_v)
@@ -209,10 +213,8 @@ class Decoder(nn.Module):
         if (self.layout == PER_LAYER) != isinstance(cache.k, (tuple, list)):
             raise ValueError(f"the KV cache layout does not match the params layout ({self.layout}); create the "
                              f"cache with KVCache.create(..., layout='{self.layout}')")
-        if self.layout == STACKED:  # the scan's carry needs an array where there is nothing to add yet
-            rows = gemm_rows(*tokens.shape) or num_tokens
-            nothing = jnp.zeros((x.shape[0], rows, x.shape[2]), x.dtype)
-            (x, delta, k, v), _ = self.layers((x, nothing, cache.k, cache.v),
+        if self.layout == STACKED:
+            (x, delta, k, v), _ = self.layers((x, nothing_to_add(x, tokens), cache.k, cache.v),
                                               jnp.arange(self.config.num_layers), cos, sin, positions, cache.length,
                                               kv_len, None)
         else:
@@ -230,9 +232,8 @@ class Decoder(nn.Module):
         cos, sin = rope_tables(self.config, positions)
         x = jnp.take(self.embed, tokens, axis=0, mode="clip")
         if self.layout == STACKED:
-            nothing = jnp.zeros((x.shape[0], gemm_rows(*tokens.shape) or tokens.shape[1], x.shape[2]), x.dtype)
-            (x, delta, _, _), _ = self.layers((x, nothing, None, None), jnp.arange(self.config.num_layers),
-                                              cos, sin, None, None, None, mask)
+            (x, delta, _, _), _ = self.layers((x, nothing_to_add(x, tokens), None, None),
+                                              jnp.arange(self.config.num_layers), cos, sin, None, None, None, mask)
         else:
             delta = None
             for layer in self.layer:

@@ -72,11 +72,11 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
                      scale=None, interpret=False, backend: str | None = None):
     """A new block's attention from its raw projections, appending its keys and values to the cache.
 
-    qkv [B, T, Hq + 2 Hkv, D] before the bias (qkv_bias [(Hq + 2 Hkv) * D] or None) and RoPE; cos, sin [B, T, D // 2] float32 at positions ``q_start + [0, T)``;
-    k_cache, v_cache [B, S, Hkv, D]. Returns (out [B, T, Hq, D], k_cache, v_cache with the block written, positions
-    past S dropped). The same as ``reference.append_attention``; on GPUs one fused kernel
-    (``gpu_append_attention``), elsewhere the rotation and cache writes in XLA and the platform's
-    ``prefix_block_attention``.
+    qkv [B, T, Hq + 2 Hkv, D] before the bias (qkv_bias [(Hq + 2 Hkv) * D] or None) and RoPE; cos, sin
+    [B, T, D // 2] float32 at positions ``q_start + [0, T)``; k_cache, v_cache [B, S, Hkv, D]. Returns (out
+    [B, T, Hq, D], k_cache, v_cache with the block written, positions past S dropped). The same as
+    ``reference.append_attention``; on GPUs one fused kernel (``gpu_append_attention``), elsewhere the rotation
+    and cache writes in XLA and the platform's ``prefix_block_attention``.
     """
     if backend is None:
         backend = default_backend(interpret=interpret)

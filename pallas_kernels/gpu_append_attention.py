@@ -26,7 +26,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.gpu_triton import _H100_SM_COUNT, TritonConfig, _next_power_of_two, _sm_count, merge_splits, plan
+from pallas_kernels.gpu_triton import (_H100_SM_COUNT, TritonConfig, _next_power_of_two, _sm_count, merge_splits,
+                                       online_softmax_update, plan)
 from pallas_kernels.query_rows import visible_key_end
 
 
@@ -73,20 +74,7 @@ def _kernel(q_start_ref, kv_len_ref, qkv_ref, bias_ref, cos_ref, sin_ref, k_in_r
                                            preferred_element_type=jnp.float32)
         return (dot(q1, k1) + dot(q2, k2)) * scale
 
-    def accumulate(carry, scores, v, masked):
-        acc, row_max, row_sum = carry
-        new_max = jnp.maximum(row_max, jnp.max(scores, axis=1))
-        if masked:  # a row may have seen nothing yet: keep exp() away from (-inf) - (-inf)
-            safe_max = jnp.where(new_max == -jnp.inf, 0.0, new_max)
-        else:
-            safe_max = new_max
-        correction = jnp.exp(row_max - safe_max)
-        probs = jnp.exp(scores - safe_max[:, None])
-        row_sum = row_sum * correction + jnp.sum(probs, axis=1)
-        acc = acc * correction[:, None] + lax.dot_general(
-            probs.astype(dtype), v, (((1,), (0,)), ((), ())), precision=precision,
-            preferred_element_type=jnp.float32)
-        return acc, new_max, row_sum
+    accumulate = functools.partial(online_softmax_update, precision=precision)
 
     # Prefix keys [0, prefix_end): in the cache, visible to every row (they precede the block).
     prefix_end = jnp.clip(jnp.minimum(q_start, kv_len), 0, num_keys)
@@ -105,7 +93,7 @@ def _kernel(q_start_ref, kv_len_ref, qkv_ref, bias_ref, cos_ref, sin_ref, k_in_r
             k1, k2 = k_in_ref[pl.ds(start, block_k), pl.ds(0, half)], k_in_ref[pl.ds(start, block_k), pl.ds(half, half)]
             v = v_in_ref[pl.ds(start, block_k), :]
             scores = scores_of(k1, k2)
-        return accumulate(carry, scores, v, masked)
+        return accumulate(carry, scores, v, masked=masked)
 
     def new_keys(first, count, token_mask):
         """Rotated keys and the values of block tokens [first, first + count)."""
@@ -186,7 +174,8 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     group_pad = _next_power_of_two(group)
     scale = head_dim ** -0.5 if scale is None else scale
     # Zeros when the model has no bias: an extra 2 KB read, not a second kernel variant.
-    qkv_bias = jnp.zeros((num_heads, head_dim), qkv.dtype) if qkv_bias is None else qkv_bias.reshape(num_heads, head_dim)
+    qkv_bias = (jnp.zeros((num_heads, head_dim), qkv.dtype) if qkv_bias is None
+                else qkv_bias.reshape(num_heads, head_dim))
     config = DEFAULT_CONFIG if config is None else config
     cfg = plan(config, batch=batch, num_kv_heads=num_kv_heads, num_rows=num_tokens * group_pad,
                num_keys=num_keys, head_dim=head_dim, itemsize=k_cache.dtype.itemsize,
@@ -210,7 +199,8 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
         num_splits=cfg.num_splits, precision=precision)
     batch_of = lambda bh: bh // num_kv_heads  # noqa: E731
     head_of = lambda bh: bh % num_kv_heads  # noqa: E731
-    per_row = lambda *shape: pl.BlockSpec((None, *shape), lambda t, s, bh: (batch_of(bh),) + (0,) * len(shape))  # noqa: E731
+    per_row = lambda *shape: pl.BlockSpec(  # noqa: E731
+        (None, *shape), lambda t, s, bh: (batch_of(bh),) + (0,) * len(shape))
     cache_spec = pl.BlockSpec((None, num_keys, None, head_dim), lambda t, s, bh: (batch_of(bh), 0, head_of(bh), 0))
     partial_out, partial_lse, k_cache, v_cache = pl.pallas_call(
         kernel,

@@ -97,6 +97,21 @@ def plan(config: TritonConfig, *, batch, num_kv_heads, num_rows, num_keys, head_
                         num_stages=num_stages)
 
 
+def online_softmax_update(carry, scores, v, *, masked: bool, precision):
+    """One key tile of flash attention: (acc [M, D], row max [M], row sum [M]) updated with scores [M, K]
+    (float32, -inf where masked) and the tile's values v [K, D]. ``masked``: a row may have seen no key yet,
+    so exp() is kept away from (-inf) - (-inf)."""
+    acc, row_max, row_sum = carry
+    new_max = jnp.maximum(row_max, jnp.max(scores, axis=1))
+    safe_max = jnp.where(new_max == -jnp.inf, 0.0, new_max) if masked else new_max
+    correction = jnp.exp(row_max - safe_max)
+    probs = jnp.exp(scores - safe_max[:, None])
+    row_sum = row_sum * correction + jnp.sum(probs, axis=1)
+    acc = acc * correction[:, None] + lax.dot_general(
+        probs.astype(v.dtype), v, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
+    return acc, new_max, row_sum
+
+
 def _kernel(q_start_ref, kv_len_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, block_size, group,
             num_rows, block_m, block_k, num_splits, precision):
     tile, split = pl.program_id(0), pl.program_id(1)
@@ -121,7 +136,6 @@ def _kernel(q_start_ref, kv_len_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, sca
     q = plgpu.load(q_ref.at[pl.ds(first_row, block_m), :], mask=row_is_real[:, None], other=0)
 
     def step(key_tile, carry, *, on_frontier):
-        acc, row_max, row_sum = carry
         start = key_tile * block_k
         keys = start + jnp.arange(block_k, dtype=jnp.int32)
         if on_frontier:
@@ -136,18 +150,7 @@ def _kernel(q_start_ref, kv_len_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, sca
                                  preferred_element_type=jnp.float32) * scale
         if on_frontier:
             scores = jnp.where(keys[None, :] < row_key_end[:, None], scores, -jnp.inf)
-        new_max = jnp.maximum(row_max, jnp.max(scores, axis=1))
-        if on_frontier:  # a row may have seen nothing yet: keep exp() away from (-inf) - (-inf)
-            new_max_safe = jnp.where(new_max == -jnp.inf, 0.0, new_max)
-        else:
-            new_max_safe = new_max
-        correction = jnp.exp(row_max - new_max_safe)
-        probs = jnp.exp(scores - new_max_safe[:, None])
-        row_sum = row_sum * correction + jnp.sum(probs, axis=1)
-        acc = acc * correction[:, None] + lax.dot_general(
-            probs.astype(v.dtype), v, (((1,), (0,)), ((), ())), precision=precision,
-            preferred_element_type=jnp.float32)
-        return acc, new_max, row_sum
+        return online_softmax_update(carry, scores, v, masked=on_frontier, precision=precision)
 
     head_dim = q_ref.shape[-1]
     carry = (jnp.zeros((block_m, head_dim), jnp.float32),
@@ -247,4 +250,4 @@ def describe(q_shape, k_shape, dtype, config: TritonConfig = TritonConfig()) -> 
                 itemsize=jnp.dtype(dtype).itemsize, sm_count=_sm_count())
 
 
-__all__ = ["TritonConfig", "prefix_block_attention", "merge_splits", "plan", "describe"]
+__all__ = ["TritonConfig", "prefix_block_attention", "merge_splits", "online_softmax_update", "plan", "describe"]

@@ -56,19 +56,23 @@ def apply_rope(x, cos, sin):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def rotate_and_append(qkv, cos, sin, k_cache, v_cache, q_start, *, num_q_heads, qkv_bias=None):
-    """Adds the projection's bias (qkv_bias [(Hq + 2 Hkv) * D], if any) to a block's raw projections
-    qkv [B, T' >= T, Hq + 2 Hkv, D] (T from cos; rows past it ignored), splits them into heads, rotates q and k by RoPE (cos, sin
-    [B, T, D // 2] float32), and writes k, v into the cache [B, S, Hkv, D] at ``q_start + [0, T)`` (positions
-    past S dropped). Returns (rotated q [B, T, Hq, D], k_cache, v_cache)."""
-    num_kv_heads = k_cache.shape[2]
-    qkv = qkv[:, :cos.shape[1]]  # rows past the block's T (GEMM padding) are not part of it
+def split_heads(qkv, cos, sin, *, num_q_heads, num_kv_heads, qkv_bias=None):
+    """A block's raw projections qkv [B, T' >= T, Hq + 2 Hkv, D] (T from cos; rows past it are GEMM padding) plus
+    their bias (qkv_bias [(Hq + 2 Hkv) * D], if any), split into heads, with q and k rotated by RoPE (cos, sin
+    [B, T, D // 2] float32). Returns q [B, T, Hq, D], k and v [B, T, Hkv, D]."""
+    qkv = qkv[:, :cos.shape[1]]
     if qkv_bias is not None:
         qkv = qkv + qkv_bias.reshape(qkv.shape[2:])
     q, k, v = jnp.split(qkv, [num_q_heads, num_q_heads + num_kv_heads], axis=2)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def rotate_and_append(qkv, cos, sin, k_cache, v_cache, q_start, *, num_q_heads, qkv_bias=None):
+    """``split_heads``, then k, v written into the cache [B, S, Hkv, D] at ``q_start + [0, T)`` (positions past
+    S dropped). Returns (rotated q [B, T, Hq, D], k_cache, v_cache)."""
+    q, k, v = split_heads(qkv, cos, sin, num_q_heads=num_q_heads, num_kv_heads=k_cache.shape[2], qkv_bias=qkv_bias)
     rows = jnp.arange(qkv.shape[0])[:, None]
-    positions = q_start[:, None] + jnp.arange(qkv.shape[1], dtype=jnp.int32)[None, :]
+    positions = q_start[:, None] + jnp.arange(q.shape[1], dtype=jnp.int32)[None, :]
     k_cache = k_cache.at[rows, positions].set(k.astype(k_cache.dtype), mode="drop")
     v_cache = v_cache.at[rows, positions].set(v.astype(v_cache.dtype), mode="drop")
     return q, k_cache, v_cache
