@@ -6,7 +6,7 @@ set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"decode kernels hf dllm speculate"}
+STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: check flags matvec matvec_modes
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee "$OUT/suite.log"
 run() {  # run NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
@@ -22,6 +22,19 @@ for step in $STEPS; do
       FFJAX_ATTENTION=reference run kernels_reference 120 python3 benchmarks/decode_kernels.py --profile \
         --label reference-kernels ;;
     hf) run hf 200 python3 benchmarks/hf_generate_bench.py ;;
+    check) run check 240 env PYTHONPATH=. python3 benchmarks/kernels_gpu_check.py --out "$OUT" ;;
+    matvec) run matvec 300 python3 benchmarks/matvec_bench.py --shapes qwen2.5-1.5b qwen2.5-7b ;;
+    matvec_modes)  # the decode step with the decoding-row kernels on and off, both shapes (profiled)
+      for shape in qwen2.5-1.5b qwen2.5-7b; do for mode in on off; do
+        FFJAX_MATVEC=$mode run "decode_${mode}_${shape//./_}" 100 python3 benchmarks/decode_kernels.py --profile \
+          --shape "$shape" --label "${mode}_$shape"
+      done; done ;;
+    flags)  # the 1.5B decode step under XLA GEMM options (profiled): does XLA's own GEMM choice cost the step?
+      for flags in --xla_gpu_enable_triton_gemm=false --xla_gpu_enable_split_k_autotuning=false \
+                   "--xla_gpu_enable_triton_gemm=false --xla_gpu_enable_cublaslt=true"; do
+        XLA_FLAGS="$flags" run "flags${flags//[^a-z]/_}" 120 python3 benchmarks/decode_kernels.py --profile \
+          --label="$flags"
+      done ;;
     dllm) run dllm 240 python3 benchmarks/dllm_bench.py ;;
     speculate) run speculate 300 python3 benchmarks/speculate_bench.py ;;
     *) echo "unknown step $step" ;;

@@ -12,12 +12,16 @@ Two layer layouts, one ``DecoderLayer``:
   stacked array before the cuBLAS GEMMs that read them, inside a scan and inside a decode ``while_loop`` alike
   (measured on H200, Qwen2.5-7B shape, one-token forward: 11.6 ms scanned vs 4.7 ms per-layer, HBM limit
   4.3 ms). Separate buffers leave nothing to copy. Compiling the loop costs seconds (3.5 s at 7B), once.
+  Its projection weights are stored [out, in] (stacked: [in, out]), so a decoding row's matrix-vector kernel
+  (``pallas_kernels.decode_matvec``) reads each output feature's weights contiguously: at batch-1 decoding a
+  layer is five kernels (norm + qkv, attention, o, norm + gate_up + SwiGLU, down).
 The layout is read from the params' structure; ``load`` and ``init_params`` pick the platform's default.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -28,10 +32,30 @@ import numpy as np
 from ffjax.attention import append_and_attend, attend, resolve_impl
 from ffjax.config import ModelConfig
 from ffjax.kv_cache import PER_LAYER, STACKED, KVCache, default_layout
+from pallas_kernels.decode_matvec import matvec
 from pallas_kernels.reference import split_heads
 from pallas_kernels.residual_rms_norm import residual_rms_norm
 
 Params = Any  # nested dict of arrays, as produced by Flax
+
+# The projection weights: [in, out] in the stacked layout, [out, in] in the per-layer one.
+PROJECTIONS = ("qkv", "o", "gate_up", "down")
+
+# Whether a decoding row's projections run as ``decode_matvec`` kernels: "auto", "on" or "off".
+MATVEC_ENV = "FFJAX_MATVEC"
+# "auto" turns them on up to this hidden size. Measured on an H200 (BENCHMARKS.md, issue 2): at the Qwen2.5-1.5B
+# shape (1536) the decode step took 1.434 ms/token with them and 1.501 without; at 7B (3584) 11.4 vs 4.1 ms,
+# since XLA's GEMMs there already stream the weights at about the measured read bandwidth and the kernel does not.
+MATVEC_MAX_HIDDEN = 2048
+
+
+def matvec_projections(config: ModelConfig) -> tuple[str, ...]:
+    """The projections (of ``PROJECTIONS``) a decoding row runs as ``decode_matvec`` kernels, per $FFJAX_MATVEC."""
+    mode = os.environ.get(MATVEC_ENV, "auto")
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"{MATVEC_ENV} must be auto, on or off, not {mode!r}")
+    on = mode == "on" or (mode == "auto" and config.hidden_size <= MATVEC_MAX_HIDDEN)
+    return PROJECTIONS if on else ()
 
 
 def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
@@ -65,10 +89,18 @@ class RMSNorm(nn.Module):
     impl: str = "auto"  # "reference": the jnp version (differentiable; training uses it)
 
     @nn.compact
-    def __call__(self, x, delta=None, rows=None):
+    def __call__(self, x, delta=None, rows=None, *, then_project=None, swiglu=False):
         """(x + delta, RMSNorm(x + delta)); delta None adds nothing. ``rows``: pad the normed output with zero
-        rows to that many (see ``gemm_rows``)."""
+        rows to that many (see ``gemm_rows``).
+
+        ``then_project`` (a weight [out, in]; x one row [1, 1, D]): returns (x + delta, the normed row times
+        that weight) instead, with the SwiGLU of ``decode_matvec`` if ``swiglu``, in one kernel on GPUs."""
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        if then_project is not None:
+            # delta may carry GEMM padding rows past the real one (``gemm_rows``): the kernel reads row 0 only.
+            total, y = matvec(x.reshape(1, -1), then_project, norm_scale=scale, eps=self.eps, swiglu=swiglu,
+                              residual=None if delta is None else delta.reshape(-1, x.shape[-1]))
+            return total.reshape(x.shape), y.reshape(*x.shape[:-1], -1)
         return residual_rms_norm(x, delta, scale, eps=self.eps, rows=rows,
                                  backend="reference" if self.impl == "reference" else None)
 
@@ -99,11 +131,11 @@ def nothing_to_add(x, tokens):
     return jnp.zeros((batch, gemm_rows(batch, num_tokens) or num_tokens, x.shape[2]), x.dtype)
 
 
-def project(h, weight):
-    """h [B, T', K] @ weight [K, N] -> [B, T', N]. Padding rows (``gemm_rows``) are kept, not sliced off: the
-    kernels that consume projections (``append_attention``, ``residual_rms_norm``) read only the real rows, and
-    a slice would be one more copy kernel per projection."""
-    return h @ weight
+def project(h, weight, out_in: bool):
+    """h [B, T', K] times weight ([K, N], or [N, K] when ``out_in``) -> [B, T', N]. Padding rows (``gemm_rows``)
+    are kept, not sliced off: the kernels that consume projections (``append_attention``,
+    ``residual_rms_norm``) read only the real rows, and a slice would be one more copy kernel per projection."""
+    return jax.lax.dot_general(h, weight, (((2,), (1 if out_in else 0,)), ((), ())))
 
 
 class DecoderLayer(nn.Module):
@@ -116,6 +148,18 @@ class DecoderLayer(nn.Module):
     dtype: Any
     block_size: int | None
     attention_impl: str
+    out_in: bool = False  # projection weights stored [out, in] (the per-layer layout)
+
+    def _weight(self, name, fan_in, fan_out):
+        shape = (fan_out, fan_in) if self.out_in else (fan_in, fan_out)
+        return self.param(name, _dense_init(fan_in), shape, self.dtype)
+
+    def _matvec(self, x) -> tuple[str, ...]:
+        """The projections that run as ``decode_matvec`` kernels: some, at batch-1 decoding in the per-layer
+        layout (see ``matvec_projections``); none otherwise."""
+        if self.out_in and x.shape[0] * x.shape[1] == 1 and self.attention_impl != "reference":
+            return matvec_projections(self.config)
+        return ()
 
     @nn.compact
     def __call__(self, carry, layer_index, rope_cos, rope_sin, write_positions, q_start, kv_len, mask=None):
@@ -125,9 +169,13 @@ class DecoderLayer(nn.Module):
         batch, num_tokens, _ = x.shape
 
         attn_norm = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="attn_norm")
-        x, h = attn_norm(x, delta, gemm_rows(batch, num_tokens))
         qkv_width = c.q_size + 2 * c.kv_size
-        qkv = project(h, self.param("qkv", _dense_init(c.hidden_size), (c.hidden_size, qkv_width), self.dtype))
+        qkv_weight = self._weight("qkv", c.hidden_size, qkv_width)
+        if "qkv" in self._matvec(x) and mask is None:
+            x, qkv = attn_norm(x, delta, then_project=qkv_weight)
+        else:
+            x, h = attn_norm(x, delta, gemm_rows(batch, num_tokens))
+            qkv = project(h, qkv_weight, self.out_in)
         bias = self.param("qkv_bias", nn.initializers.normal(0.02), (qkv_width,), self.dtype) if c.qkv_bias else None
         qkv = qkv.reshape(batch, qkv.shape[1], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
         if layer_index is None and mask is None:  # per-layer cache: one fused call adds the bias, rotates, appends
@@ -154,17 +202,26 @@ class DecoderLayer(nn.Module):
         next norm (the next layer's, or the final one) adds it in the same kernel."""
         c = self.config
         batch, num_tokens, _ = x.shape
-        rows = gemm_rows(batch, num_tokens)
-        attn = pad_rows(attn.reshape(batch, num_tokens, c.q_size), rows)
-        attn_out = project(attn, self.param("o", _dense_init(c.q_size), (c.q_size, c.hidden_size), self.dtype))
-
-        x, h = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="mlp_norm")(x, attn_out, rows)
-        gate_up = project(h, self.param("gate_up", _dense_init(c.hidden_size),
-                                        (c.hidden_size, 2 * c.intermediate_size), self.dtype))
-        gate, up = jnp.split(gate_up, 2, axis=-1)  # padding rows stay zero: silu(0) * 0
-        down = self.param("down", _dense_init(c.intermediate_size), (c.intermediate_size, c.hidden_size),
-                          self.dtype)
-        mlp_out = project(nn.silu(gate) * up, down)
+        o = self._weight("o", c.q_size, c.hidden_size)
+        mlp_norm = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="mlp_norm")
+        gate_up = self._weight("gate_up", c.hidden_size, 2 * c.intermediate_size)
+        down = self._weight("down", c.intermediate_size, c.hidden_size)
+        kernels, rows = self._matvec(x), gemm_rows(batch, num_tokens)
+        attn = attn.reshape(batch, num_tokens, c.q_size)
+        if "o" in kernels:
+            attn_out = matvec(attn.reshape(1, c.q_size), o).reshape(x.shape)
+        else:
+            attn_out = project(pad_rows(attn, rows), o, self.out_in)
+        if "gate_up" in kernels:
+            x, activation = mlp_norm(x, attn_out, then_project=gate_up, swiglu=True)
+        else:
+            x, h = mlp_norm(x, attn_out, rows)
+            gate, up = jnp.split(project(h, gate_up, self.out_in), 2, axis=-1)  # padding rows: silu(0) * 0 = 0
+            activation = nn.silu(gate) * up
+        if "down" in kernels:
+            mlp_out = matvec(activation[:, 0], down).reshape(x.shape)
+        else:
+            mlp_out = project(pad_rows(activation, rows), down, self.out_in)
         return (x, mlp_out, cache_k, cache_v), None
 
 
@@ -188,7 +245,7 @@ class Decoder(nn.Module):
             )
             self.layers = ScannedLayers(c, self.dtype, self.block_size, self.attention_impl)
         else:  # params "layer_0", "layer_1", ...
-            self.layer = [DecoderLayer(c, self.dtype, self.block_size, self.attention_impl)
+            self.layer = [DecoderLayer(c, self.dtype, self.block_size, self.attention_impl, out_in=True)
                           for _ in range(c.num_layers)]
         self.final_norm = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl)
         if not c.tie_word_embeddings:
@@ -255,9 +312,14 @@ def layout_of(params: Params) -> str:
     return STACKED if "layers" in params else PER_LAYER
 
 
+def _flip_projection(keys, leaf):
+    """A projection weight between [in, out] (stacked) and [out, in] (per layer); other leaves unchanged."""
+    return leaf.T if keys[-1] in PROJECTIONS else leaf
+
+
 def unstack_layers(params: Params, *, free_stacked: bool = False) -> Params:
-    """Stacked → per-layer params. ``free_stacked`` deletes each stacked array once split (peak memory: one
-    extra weight, not a second model)."""
+    """Stacked → per-layer params (projection weights transposed to [out, in]). ``free_stacked`` deletes each
+    stacked array once split (peak memory: one extra weight, not a second model)."""
     if layout_of(params) == PER_LAYER:
         return params
     out = {k: v for k, v in params.items() if k != "layers"}
@@ -270,7 +332,7 @@ def unstack_layers(params: Params, *, free_stacked: bool = False) -> Params:
             node = per_layer[i]
             for key in keys[:-1]:
                 node = node.setdefault(key, {})
-            node[keys[-1]] = leaf[i]
+            node[keys[-1]] = _flip_projection(keys, leaf[i])
         if free_stacked and isinstance(leaf, jax.Array):
             leaf.delete()
     out.update({f"layer_{i}": p for i, p in enumerate(per_layer)})
@@ -283,7 +345,9 @@ def stack_layers(params: Params) -> Params:
         return params
     names = sorted((k for k in params if k.startswith("layer_")), key=lambda k: int(k.split("_")[1]))
     out = {k: v for k, v in params.items() if not k.startswith("layer_")}
-    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[k] for k in names])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[k] for k in names])
+    out["layers"] = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.swapaxes(leaf, 1, 2) if path[-1].key in PROJECTIONS else leaf, stacked)
     return out
 
 

@@ -29,6 +29,9 @@ def test_unstack_then_stack_is_the_identity(both_layouts):
     assert decoder.layout_of(per_layer.params) == decoder.PER_LAYER
     assert sorted(k for k in per_layer.params if k.startswith("layer_")) == [f"layer_{i}" for i in range(3)]
     jax.tree.map(np.testing.assert_array_equal, decoder.stack_layers(per_layer.params), stacked.params)
+    # Per layer, the projections are stored [out, in] (what the decoding-row kernels read contiguously).
+    for name in decoder.PROJECTIONS:
+        np.testing.assert_array_equal(per_layer.params["layer_1"][name], stacked.params["layers"][name][1].T)
 
 
 def test_per_layer_logits_generation_and_speculation_match_stacked(both_layouts):
@@ -58,3 +61,19 @@ def test_cache_in_the_wrong_layout_is_refused(both_layouts):
     cache = KVCache.create(per_layer.config, 1, 16, jnp.float32, layout=decoder.STACKED)
     with pytest.raises(ValueError, match="cache layout does not match"):
         decoder.decode(per_layer.config, per_layer.params, jnp.ones((1, 3), jnp.int32), cache)
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_decoding_row_kernels_do_not_change_generation(both_layouts, monkeypatch, mode):
+    """FFJAX_MATVEC switches a decoding row's projections between decode_matvec and XLA's dots: same tokens."""
+    stacked, per_layer = both_layouts
+    monkeypatch.setenv(decoder.MATVEC_ENV, mode)
+    prompt = np.arange(1, 8, dtype=np.int32)
+    np.testing.assert_array_equal(ffjax.generate(per_layer, prompt, 24).tokens,
+                                  ffjax.generate(stacked, prompt, 24).tokens)
+
+
+def test_unknown_matvec_mode_is_refused(both_layouts, monkeypatch):
+    monkeypatch.setenv(decoder.MATVEC_ENV, "sometimes")
+    with pytest.raises(ValueError, match="FFJAX_MATVEC must be auto, on or off"):
+        decoder.matvec_projections(both_layouts[0].config)
