@@ -116,6 +116,18 @@ def device_events(xspace_path: str) -> list[tuple[str, int, int]]:
     return sorted(events, key=lambda e: e[1])
 
 
+def traced_events(fn, *args) -> tuple[float, list[tuple[str, int, int]]]:
+    """(wall seconds, device events) of one call of fn run under JAX's profiler."""
+    trace_dir = tempfile.mkdtemp(prefix="ffjax_profile_")
+    jax.profiler.start_trace(trace_dir)
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    wall_s = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    path = next(os.path.join(d, f) for d, _, files in os.walk(trace_dir) for f in files if f.endswith(".xplane.pb"))
+    return wall_s, device_events(path)
+
+
 def profile_steps(compiled, args, new_tokens: int) -> dict:
     """Runs the compiled loop under the profiler; per-token kernels, busy time and gaps from the device's
     own timeline."""
@@ -123,14 +135,7 @@ def profile_steps(compiled, args, new_tokens: int) -> dict:
     start = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     unprofiled_s = time.perf_counter() - start
-    trace_dir = tempfile.mkdtemp(prefix="decode_profile_")
-    jax.profiler.start_trace(trace_dir)
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    wall_s = time.perf_counter() - start
-    jax.profiler.stop_trace()
-    path = next(os.path.join(d, f) for d, _, files in os.walk(trace_dir) for f in files if f.endswith(".xplane.pb"))
-    events = device_events(path)
+    wall_s, events = traced_events(compiled, *args)
     if not events:
         return {"error": "the profile holds no device stream events (no accelerator, or CUPTI unavailable)"}
     busy_ns = sum(d for _, _, d in events)

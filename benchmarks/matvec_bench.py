@@ -1,6 +1,6 @@
 """The decoding row's projections (``pallas_kernels.decode_matvec``) against what XLA runs for them (issue 2).
 
-    python benchmarks/matvec_bench.py [--shape qwen2.5-1.5b] [--sweep]
+    python benchmarks/matvec_bench.py [--shapes qwen2.5-1.5b qwen2.5-7b] [--sweep]
 
 For each projection of one decoder layer at the shape (norm + qkv, o, norm + gate_up + SwiGLU, down), one jitted
 call runs it on ``num_layers`` distinct weights (more bytes than the L2 holds), as the decode step does:
@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import os
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, ".")
 from benchmarks import common  # noqa: E402
-from benchmarks.decode_kernels import device_events  # noqa: E402
+from benchmarks.decode_kernels import traced_events  # noqa: E402
 from pallas_kernels import decode_matvec as dm  # noqa: E402
 from pallas_kernels.residual_rms_norm import residual_rms_norm  # noqa: E402
 
@@ -58,12 +55,7 @@ def xla_path(x, residual, scale, weight_in_out, *, norm, swiglu, rows_trick=True
 def device_busy_s(fn, *args) -> float:
     """Seconds the device spent in kernels during one call of fn (after a warm-up call)."""
     jax.block_until_ready(fn(*args))
-    trace_dir = tempfile.mkdtemp(prefix="matvec_profile_")
-    jax.profiler.start_trace(trace_dir)
-    jax.block_until_ready(fn(*args))
-    jax.profiler.stop_trace()
-    path = next(os.path.join(d, f) for d, _, files in os.walk(trace_dir) for f in files if f.endswith(".xplane.pb"))
-    return 1e-9 * sum(duration for _, _, duration in device_events(path))
+    return 1e-9 * sum(duration for _, _, duration in traced_events(fn, *args)[1])
 
 
 def main():
@@ -102,7 +94,7 @@ def bench_shape(shape, args):
             us = 1e6 * seconds / layers
             return us, weight_bytes / (us * 1e-6) / 1e9
 
-        row = {}
+        row, default = {}, None
         configs = [dm.MatvecConfig()]
         if args.sweep:
             configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=w, num_stages=s)
@@ -116,13 +108,14 @@ def bench_shape(shape, args):
                     out, expected = out[1], expected[1]
                 error = float(jnp.linalg.norm((out - expected).astype(jnp.float32))
                               / jnp.linalg.norm(expected.astype(jnp.float32)))
-                us, gbs = timed(lambda w: fn(w), weights)
+                us, gbs = timed(fn, weights)
             except Exception as e:  # a launch configuration Triton refuses (registers, shared memory)
                 row[str(cfg)] = {"error": str(e)[:200]}
                 continue
             planned = dm.plan(cfg, num_out=rows // 2 if swiglu else rows, width=width, swiglu=swiglu)
-            row[str(planned) + (" (default)" if cfg == configs[0] else "")] = {"us": us, "GBps": gbs,
-                                                                              "rel_error": error}
+            row[str(planned)] = {"us": us, "GBps": gbs, "rel_error": error}
+            if cfg == configs[0]:
+                default = str(planned)
             if args.sweep:
                 print(f"  {name} {planned}: {us:.2f} µs {gbs:.0f} GB/s", flush=True)
         weights_in_out = [w.T for w in weights]
@@ -134,7 +127,6 @@ def bench_shape(shape, args):
         del weights_in_out
         ok = {k: v for k, v in row.items() if "us" in v}
         best = min(ok, key=lambda k: ok[k]["us"])
-        default = next(k for k in ok if k.endswith("(default)")) if any(k.endswith("(default)") for k in ok) else None
         results["projections"][name] = {"K": width, "N": rows, "xla_us": xla_us, "xla_GBps": xla_gbs,
                                         "configs": row, "best": best, "default": default}
         summary.append((name, xla_us, ok[default]["us"] if default else float("nan"), ok[best]["us"]))

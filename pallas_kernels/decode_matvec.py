@@ -28,6 +28,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels import residual_rms_norm as rms
+from pallas_kernels.gpu_triton import _next_power_of_two
 
 
 def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swiglu: bool = False):
@@ -35,8 +36,7 @@ def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, s
     ``norm_scale`` [K] is given.
 
     With ``norm_scale`` the product's input is RMSNorm(x + residual) (``residual`` [M' >= M, K], rows past M
-    ignored, or None), rounded as
-    ``residual_rms_norm.reference`` rounds it. The product accumulates in float32 and is rounded to x's dtype.
+    ignored, or None), rounded as ``residual_rms_norm.reference`` rounds it. The product accumulates in float32 and is rounded to x's dtype.
     ``swiglu``: the weight is [gate; up] stacked along N, and y = silu(gate) * up of the rounded halves, as the
     decoder's MLP computes it.
     """
@@ -62,10 +62,6 @@ class MatvecConfig:
     num_stages: int | None = None
 
 
-def _next_power_of_two(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool) -> MatvecConfig:
     """Fills the ``None`` fields with what was fastest on an H200 at the Qwen2.5-1.5B projections
     (``benchmarks/matvec_bench.py --sweep``, before the one-chunk-ahead prefetch; BENCHMARKS.md): 4 output
@@ -86,21 +82,18 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
             has_residual, swiglu):
     tile, row = pl.program_id(0), pl.program_id(1)
     num_chunks = pl.cdiv(width, block_k)
-    outs = tile * block_n + jnp.arange(block_n, dtype=jnp.int32)
-    out_ok = outs < num_out
+    first = tile * block_n
+    out_ok = first + jnp.arange(block_n, dtype=jnp.int32) < num_out
     dtype = x_ref.dtype
 
     def input_chunk(i):
         """The product's input over features [i * block_k, +block_k) before the norm, rounded to the dtype."""
-        cols = i * block_k + jnp.arange(block_k, dtype=jnp.int32)
-        ok = cols < width
+        ok = i * block_k + jnp.arange(block_k, dtype=jnp.int32) < width
         x = plgpu.load(x_ref.at[row, pl.ds(i * block_k, block_k)], mask=ok, other=0)
         if has_residual:
             x = (x.astype(jnp.float32) + plgpu.load(residual_ref.at[row, pl.ds(i * block_k, block_k)], mask=ok,
                                                     other=0).astype(jnp.float32)).astype(dtype)
-        return x, cols, ok
-
-    first = tile * block_n
+        return x, ok
 
     def weight_chunk(i):
         """The program's weight rows (gate and up rows with SwiGLU) over features [i * block_k, +block_k), kept
@@ -120,7 +113,7 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
         total_ref = out_refs[0]
 
         def sum_of_squares(i, acc):
-            x, _, ok = input_chunk(i)
+            x, ok = input_chunk(i)
             plgpu.store(total_ref.at[row, pl.ds(i * block_k, block_k)], x, mask=ok & (tile == 0))
             x32 = x.astype(jnp.float32)
             return acc + jnp.sum(x32 * x32)
@@ -130,7 +123,7 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
     def step(i, carry):
         accs, current = carry
         upcoming = weight_chunk(i + 1)
-        x, _, ok = input_chunk(i)
+        x, ok = input_chunk(i)
         if has_norm:
             scale = plgpu.load(scale_ref.at[pl.ds(i * block_k, block_k)], mask=ok, other=0).astype(jnp.float32)
             x = (scale * (x.astype(jnp.float32) * inv_rms).astype(dtype).astype(jnp.float32)).astype(dtype)
@@ -145,7 +138,7 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
         gate = y.astype(jnp.float32)
         up = jnp.sum(accs[1], axis=1).astype(dtype).astype(jnp.float32)
         y = ((gate * jax.nn.sigmoid(gate)).astype(dtype).astype(jnp.float32) * up).astype(dtype)
-    plgpu.store(out_refs[-1].at[row, pl.ds(tile * block_n, block_n)], y, mask=out_ok)
+    plgpu.store(out_refs[-1].at[row, pl.ds(first, block_n)], y, mask=out_ok)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "swiglu", "interpret", "config"))
