@@ -153,6 +153,19 @@ def profile_steps(compiled, args, new_tokens: int) -> dict:
                     for k, (n, t) in top]}
 
 
+def print_profile(profile: dict, step: str) -> None:
+    """``profile_steps``' result as a table; ``step`` names what one loop iteration is (a token, a pass)."""
+    if "error" in profile:
+        print(profile["error"])
+        return
+    print(f"profile: unprofiled wall {profile['unprofiled_wall_ms_per_token']:.3f} ms/{step}; profiled: wall "
+          f"{profile['wall_ms_per_token']:.3f} ms/{step}, device span {profile['span_ms_per_token']:.3f}, busy "
+          f"{profile['busy_ms_per_token']:.3f}, {profile['events_per_token']:.1f} device events/{step}")
+    print(f"| device event | per {step} | µs per {step} |\n|---|---|---|")
+    for row in profile["top"]:
+        print(f"| {row['name']} | {row['per_token']:.2f} | {row['us_per_token']:.1f} |")
+
+
 def decode_loop_hlo(config, params, context: int) -> str:
     """Optimized HLO of ``generate``'s decode loop for one row at ``context`` cached tokens."""
     return compiled_decode_loop(config, params, context)[0].as_text()
@@ -198,17 +211,8 @@ def main(argv=None) -> int:
     for kind, n in counts.most_common():
         print(f"| {kind} | {n} |")
     if args.profile:
-        profile = results["profile"] = profile_steps(compiled, loop_args, NEW_TOKENS - 1)
-        if "error" in profile:
-            print(profile["error"])
-        else:
-            print(f"profile: unprofiled wall {profile['unprofiled_wall_ms_per_token']:.3f} ms/token; profiled: wall "
-                  f"{profile['wall_ms_per_token']:.3f} ms/token, device span "
-                  f"{profile['span_ms_per_token']:.3f}, busy {profile['busy_ms_per_token']:.3f}, "
-                  f"{profile['events_per_token']:.1f} device events/token")
-            print("| device event | per token | µs per token |\n|---|---|---|")
-            for row in profile["top"]:
-                print(f"| {row['name']} | {row['per_token']:.2f} | {row['us_per_token']:.1f} |")
+        results["profile"] = profile_steps(compiled, loop_args, NEW_TOKENS - 1)
+        print_profile(results["profile"], "token")
     suffix = f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.label)}" if args.label else ""
     common.write_results(f"decode_kernels{suffix}.json", results)
     return 0

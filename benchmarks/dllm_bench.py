@@ -3,6 +3,7 @@
     python benchmarks/dllm_bench.py [--context 1024] [--new 256] [--checkpoint DIR]   # GPU, Fast_dLLM_v2_1.5B shape
     python benchmarks/dllm_bench.py --tiny                                            # CPU smoke run
     python benchmarks/dllm_bench.py --pair DIR [--tasks 0 16]       # passes/token of DIR/drafter on HumanEval
+    python benchmarks/dllm_bench.py --profile-only                  # kernels of one pass, from the profiler
 
 At the Fast_dLLM_v2_1.5B shape (Qwen2.5-1.5B, bd_size 32, bf16, random weights made by
 ``decoder.init_params`` under jit):
@@ -12,6 +13,8 @@ At the Fast_dLLM_v2_1.5B shape (Qwen2.5-1.5B, bd_size 32, bf16, random weights m
 * ``dllm_generate`` forward passes per generated token at thresholds 0.9 and 0.05 (random weights have flat
   softmaxes, so expect ~1 pass per token plus one commit per block; ``--checkpoint`` measures a converted model;
   ``--pair`` the demo pair's adapted drafter on HumanEval development prompts, chat-formatted, stopping at EOS).
+``--profile`` (or ``--profile-only``) also runs ``dllm_generate``'s decode loop under JAX's profiler and reports
+the device's kernels per pass by kind, as ``decode_kernels.py --profile`` does for the verifier's decode step.
 Prints a table; writes dllm_bench.json to $OUT when it is set.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import sys
 
 import jax
@@ -27,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, ".")
 from benchmarks import common  # noqa: E402
+from benchmarks.decode_kernels import print_profile, profile_steps  # noqa: E402
 from ffjax import decoder, drafter, shapes  # noqa: E402
 from ffjax.checkpoint import Model, load  # noqa: E402
 from ffjax.config import FAST_DLLM_DEFAULT_MASK_TOKEN_ID  # noqa: E402
@@ -63,6 +68,24 @@ def block_latencies(model: Model, context: int, small_block_size: int) -> dict:
     }
 
 
+def profile_passes(model: Model, context: int, new_tokens: int, small_block_size: int) -> dict:
+    """The device's kernels per pass of ``dllm_generate``'s decode loop (threshold 0.9) from the profiler."""
+    dg = importlib.import_module("ffjax.dllm_generate")  # the module (its loop), not the function ffjax exports
+
+    config = model.config
+    prompt = np.random.RandomState(0).randint(0, config.mask_token_id, (1, context)).astype(np.int32)
+    lengths = jnp.full((1,), context, jnp.int32)
+    cache_len = shapes.cache_length(context, new_tokens, extra=config.bd_size)
+    state = jax.jit(functools.partial(dg._prefill, config, cache_len=cache_len))(model.params, jnp.asarray(prompt),
+                                                                                  lengths)
+    loop = jax.jit(functools.partial(dg._decode_loop, config, small_block_size=small_block_size,
+                                     capacity=shapes.new_tokens_bucket(new_tokens)))
+    args = (model.params, state, lengths, jnp.int32(new_tokens), jnp.int32(-1), jnp.float32(0.9))
+    compiled = loop.lower(*args).compile()
+    passes = int(np.asarray(compiled(*args)[1]).max() - np.asarray(state.forwards).max())
+    return {"passes": passes, **profile_steps(compiled, args, passes)}
+
+
 def passes_per_token(model: Model, prompts, new_tokens: int, threshold: float, small_block_size: int,
                      eos_id: int | None = None, repeats: int = 1) -> dict:
     """``dllm_generate`` passes per generated token over a prompt set: each prompt compiled first, then the
@@ -90,6 +113,8 @@ def main():
     parser.add_argument("--checkpoint", help="a converted Fast-dLLM v2 checkpoint for the passes-per-token runs")
     parser.add_argument("--pair", help="a demo pair directory: passes per token of its drafter on HumanEval prompts")
     parser.add_argument("--tasks", type=int, nargs=2, default=[0, 16], metavar=("FIRST", "STOP"))
+    parser.add_argument("--profile", action="store_true", help="also profile the decode loop's kernels per pass")
+    parser.add_argument("--profile-only", action="store_true", help="only the profile (no latency or pass counts)")
     args = parser.parse_args()
     if args.tiny:
         args.context, args.new = 128, 64
@@ -98,6 +123,12 @@ def main():
     config = dllm_shape(shape)
     params = jax.jit(functools.partial(decoder.init_params, config, dtype=jnp.bfloat16))(jax.random.key(0))
     model = Model(config, params)
+    if args.profile or args.profile_only:
+        profile = profile_passes(model, args.context, args.new, args.small_block_size)
+        common.write_results("dllm_profile.json", profile)
+        print_profile(profile, "pass")
+        if args.profile_only:
+            return
     bandwidth = common.measured_read_bandwidth(64 << 20 if args.tiny else 4 << 30)
     needed = common.decode_bytes_per_token(config, args.context + config.bd_size)
     limit_s = needed["total"] / bandwidth

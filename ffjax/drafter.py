@@ -227,15 +227,24 @@ def _advance(config: ModelConfig, params, state: DraftState, threshold, small_bl
     do_commit = active & ~has_mask if allow_commit else jnp.zeros((batch,), bool)
 
     hidden, cache = decoder.decode(config, params, state.tokens, state.cache, block_size=bd)
-    token, conf = predict(config, params, hidden)  # [B, bd]: what each output position predicts next
     j = jnp.arange(bd, dtype=jnp.int32)[None, :]
-
-    # Decoding step on the current sub-block.
-    shifted_token = jnp.concatenate([token[:, :1], token[:, :-1]], axis=1)
-    shifted_conf = jnp.concatenate([conf[:, :1], conf[:, :-1]], axis=1)
     first_masked = jnp.argmax(state.masked, axis=1)
     sub_block = (first_masked // small_block_size)[:, None]
-    considered = state.masked & (j // small_block_size == sub_block) & do_step[:, None]
+
+    # Only small_block_size + 1 output rows are ever read: those predicting the current sub-block (token shift:
+    # position p from output p - 1) and the last one (a commit's next first token). The vocabulary projection
+    # and its softmax run on those rows alone, not on all bd.
+    sub_start = sub_block * small_block_size
+    read_rows = jnp.concatenate([jnp.clip(sub_start - 1 + j[:, :small_block_size], 0, bd - 1),
+                                 jnp.full_like(sub_start, bd - 1)], axis=1)
+    token, conf = predict(config, params, jnp.take_along_axis(hidden, read_rows[..., None], axis=1))
+
+    # Decoding step on the current sub-block: position p reads entry p - sub_start of the rows above.
+    in_sub_block = j // small_block_size == sub_block
+    entry = jnp.clip(j - sub_start, 0, small_block_size - 1)
+    shifted_token = jnp.take_along_axis(token, entry, axis=1)
+    shifted_conf = jnp.take_along_axis(conf, entry, axis=1)
+    considered = state.masked & in_sub_block & do_step[:, None]
     candidate_conf = jnp.where(considered, shifted_conf, -jnp.inf)
     most_confident = j == jnp.argmax(candidate_conf, axis=1)[:, None]
     unmask = considered & ((shifted_conf > threshold) | most_confident)
