@@ -12,7 +12,7 @@ kernels, each a few microseconds, which made a 1.5B model's decode step launch-b
   (aliased), where no other program reads them: prefix tiles stop at ``q_start``.
 
 The work decomposition is ``gpu_triton``'s: rows are (query position, grouped head) pairs of one KV head, the
-prefix and the block's key tiles form one sequence that is split across programs, and a short XLA reduction
+prefix and the block's key tiles form one sequence that is split across programs, and ``merge_splits_to_heads``
 merges the splits. The group is padded to a power of two (rows of padding heads are computed and dropped).
 """
 
@@ -26,8 +26,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.gpu_triton import (_H100_SM_COUNT, TritonConfig, _next_power_of_two, _sm_count, merge_splits,
-                                       online_softmax_update, plan)
+from pallas_kernels.gpu_triton import (_H100_SM_COUNT, TritonConfig, _next_power_of_two, _sm_count,
+                                       merge_splits_to_heads, online_softmax_update, plan)
 from pallas_kernels.query_rows import visible_key_end
 
 
@@ -228,9 +228,12 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
 
     if num_keys != cache_length:  # positions past the real cache are dropped, as in the reference
         k_cache, v_cache = k_cache[:, :cache_length], v_cache[:, :cache_length]
-    rows = partial_out[:, :, 0] if cfg.num_splits == 1 else merge_splits(partial_out, partial_lse)
-    rows = rows.reshape(batch, num_kv_heads, num_tiles * block_t, group_pad, head_dim)[:, :, :num_tokens, :group]
-    out = rows.transpose(0, 2, 1, 3, 4).reshape(batch, num_tokens, num_q_heads, head_dim)
+    if cfg.num_splits > 1:
+        out = merge_splits_to_heads(partial_out, partial_lse, num_tokens=num_tokens, group=group,
+                                    rows_per_token=group_pad, out_dtype=qkv.dtype, interpret=interpret)
+        return out, k_cache, v_cache
+    rows = partial_out[:, :, 0].reshape(batch, num_kv_heads, num_tiles * block_t, group_pad, head_dim)
+    out = rows[:, :, :num_tokens, :group].transpose(0, 2, 1, 3, 4).reshape(batch, num_tokens, num_q_heads, head_dim)
     return out.astype(qkv.dtype), k_cache, v_cache
 
 

@@ -3,7 +3,8 @@
 Work decomposition (flash decoding): the grid is (query-row tile, KV split, batch x KV head). Each program
 takes ``block_m`` rows of the grouped queries of one KV head (see ``query_rows``), walks its share of the
 visible keys in ``block_k`` tiles with an online softmax, and writes a normalised partial output plus its
-log-sum-exp. A short XLA reduction then merges the splits. Splitting the keys is what fills 132 SMs when a
+log-sum-exp. A second, small kernel (``merge_splits_to_heads``) merges the splits and writes the heads in the
+caller's layout. Splitting the keys is what fills 132 SMs when a
 32-row block meets a long cache: without it a 7B layer has only ``Hkv x tiles`` programs.
 
 Masking costs nothing on most tiles: keys below the tile's first query position (and below ``kv_len``) are
@@ -179,6 +180,52 @@ def merge_splits(partial_out, partial_lse):
     return merged / jnp.where(total > 0.0, total, 1.0)[..., None]
 
 
+def _merge_kernel(lse_ref, partial_ref, o_ref, *, num_splits, group, group_pad, rows_per_token):
+    kv_head, token = pl.program_id(0) % (o_ref.shape[1] // group), pl.program_id(1)
+    first_row = token * rows_per_token
+    head_ok = jnp.arange(group_pad) < group
+    rows = pl.ds(first_row, group_pad)
+    # Splits are few (tens at most) and static: unrolled, their independent loads are all in flight at once.
+    lse = [plgpu.load(lse_ref.at[jnp.int32(s), rows], mask=head_ok, other=-jnp.inf) for s in range(num_splits)]
+    top = functools.reduce(jnp.maximum, lse)
+    top = jnp.where(top == -jnp.inf, 0.0, top)
+    weights = [jnp.exp(x - top) for x in lse]
+    total = functools.reduce(jnp.add, weights)
+    acc = functools.reduce(jnp.add, [
+        w[:, None] * plgpu.load(partial_ref.at[jnp.int32(s), rows, :], mask=head_ok[:, None], other=0.0)
+        for s, w in enumerate(weights)])
+    out = acc / jnp.where(total > 0.0, total, 1.0)[:, None]
+    plgpu.store(o_ref.at[token, pl.ds(kv_head * group, group_pad), :], out.astype(o_ref.dtype),
+                mask=head_ok[:, None])
+
+
+def merge_splits_to_heads(partial_out, partial_lse, *, num_tokens: int, group: int, rows_per_token: int,
+                          out_dtype, interpret: bool = False):
+    """``merge_splits`` and the inverse of ``query_rows.to_rows`` in one Triton kernel, where XLA ran three
+    (a max, the exponentials, the weighted sum) plus a transpose for every attention call.
+
+    partial_out [B, Hkv, splits, R, D], partial_lse [B, Hkv, splits, R]: row ``t * rows_per_token + g`` is query
+    position t, head g of the KV head's group (rows with g >= ``group`` are padding). Returns [B, T, Hq, D]
+    in ``out_dtype``; a row no split saw comes out as zeros."""
+    batch, num_kv_heads, num_splits, _, head_dim = partial_out.shape
+    num_q_heads = num_kv_heads * group
+    kernel = functools.partial(_merge_kernel, num_splits=num_splits, group=group,
+                               group_pad=_next_power_of_two(group), rows_per_token=rows_per_token)
+    per_head = lambda *shape: pl.BlockSpec(  # noqa: E731
+        (None, None, *shape), lambda bh, t: (bh // num_kv_heads, bh % num_kv_heads) + (0,) * len(shape))
+    return pl.pallas_call(
+        kernel,
+        # Batch rows outermost: a row's output block is revisited only by consecutive programs.
+        grid=(batch * num_kv_heads, num_tokens),
+        in_specs=[per_head(*partial_lse.shape[2:]), per_head(*partial_out.shape[2:])],
+        out_specs=pl.BlockSpec((None, num_tokens, num_q_heads, head_dim), lambda bh, t: (bh // num_kv_heads, 0, 0, 0)),
+        out_shape=jax.ShapeDtypeStruct((batch, num_tokens, num_q_heads, head_dim), out_dtype),
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+        interpret=interpret,
+        name="merge_attention_splits",
+    )(partial_lse, partial_out)
+
+
 @functools.partial(jax.jit, static_argnames=("block_size", "scale", "interpret", "config"))
 def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=None, interpret=False,
                            config: TritonConfig = TritonConfig()):
@@ -235,10 +282,9 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
     )(jnp.asarray(q_start, jnp.int32), jnp.minimum(jnp.asarray(kv_len, jnp.int32), num_keys), q_rows, k, v)
 
     if cfg.num_splits == 1:
-        out_rows = partial_out[:, :, 0]
-    else:
-        out_rows = merge_splits(partial_out, partial_lse)
-    return from_rows(out_rows, num_queries).astype(out_dtype)
+        return from_rows(partial_out[:, :, 0], num_queries).astype(out_dtype)
+    return merge_splits_to_heads(partial_out, partial_lse, num_tokens=num_queries, group=group,
+                                 rows_per_token=group, out_dtype=out_dtype, interpret=interpret)
 
 
 def describe(q_shape, k_shape, dtype, config: TritonConfig = TritonConfig()) -> TritonConfig:
@@ -250,4 +296,5 @@ def describe(q_shape, k_shape, dtype, config: TritonConfig = TritonConfig()) -> 
                 itemsize=jnp.dtype(dtype).itemsize, sm_count=_sm_count())
 
 
-__all__ = ["TritonConfig", "prefix_block_attention", "merge_splits", "online_softmax_update", "plan", "describe"]
+__all__ = ["TritonConfig", "prefix_block_attention", "merge_splits", "merge_splits_to_heads", "online_softmax_update",
+           "plan", "describe"]

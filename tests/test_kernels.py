@@ -205,6 +205,28 @@ def test_merge_splits_equals_softmax_over_all_keys():
     np.testing.assert_array_equal(np.asarray(merged[3]), 0.0)
 
 
+@pytest.mark.parametrize("batch,num_kv_heads,group,rows_per_token,num_splits",
+                         [(1, 2, 6, 8, 17), (2, 1, 7, 7, 3), (1, 4, 4, 4, 2)],
+                         ids=["decode-group6-padded-17splits", "B2-group7-unpadded", "group4"])
+def test_merge_kernel_writes_what_merge_splits_and_from_rows_give(batch, num_kv_heads, group, rows_per_token,
+                                                                   num_splits):
+    """The merge kernel (Pallas interpreter) = ``merge_splits`` then the rows back to [B, T, Hq, D]; padding rows
+    of a group (``rows_per_token`` > group) are dropped, a split that saw no key weighs nothing."""
+    num_tokens, head_dim = 5, 32
+    num_rows = num_tokens * rows_per_token + 3  # kernels may write tile padding past the last token
+    rng = np.random.default_rng(1)
+    partial_out = jnp.asarray(rng.standard_normal((batch, num_kv_heads, num_splits, num_rows, head_dim)), jnp.float32)
+    partial_lse = rng.standard_normal((batch, num_kv_heads, num_splits, num_rows)) * 4
+    partial_lse[:, :, -1, ::2] = -np.inf  # the last split saw no key for every other row
+    partial_lse = jnp.asarray(partial_lse, jnp.float32)
+    merged = gpu_triton.merge_splits(partial_out, partial_lse)[:, :, :num_tokens * rows_per_token]
+    merged = merged.reshape(batch, num_kv_heads, num_tokens, rows_per_token, head_dim)[:, :, :, :group]
+    expected = merged.transpose(0, 2, 1, 3, 4).reshape(batch, num_tokens, num_kv_heads * group, head_dim)
+    got = gpu_triton.merge_splits_to_heads(partial_out, partial_lse, num_tokens=num_tokens, group=group,
+                                           rows_per_token=rows_per_token, out_dtype=jnp.float32, interpret=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-6)
+
+
 # --- the reference itself, against a literal reading of the specification -------------------------------
 
 def literal_attention(q, k, v, q_start, kv_len, block_size):

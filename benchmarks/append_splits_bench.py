@@ -1,0 +1,90 @@
+"""How many KV splits the fused append-attention kernel should use for short caches (issues 2, 3 and 5).
+
+    python benchmarks/append_splits_bench.py [--shape qwen2.5-1.5b] [--context 1024]
+
+A decode step (1 token) and a drafter pass (a 32-token block, block-causal) each attend over a ~1k-token cache
+per layer. The kernel splits the keys across programs (flash decoding) and XLA merges the splits afterwards, in
+kernels of its own. More splits fill more SMs but cost a larger merge. For each launch configuration, one jitted
+call runs ``pallas_kernels.append_attention`` on ``num_layers`` distinct caches, as a forward pass does, and the
+device's busy time (JAX's profiler) is split into the Pallas kernel and everything XLA ran around it (the
+merge, the output transpose), in µs per layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, ".")
+from benchmarks import common  # noqa: E402
+from benchmarks.decode_kernels import traced_events  # noqa: E402
+from pallas_kernels import gpu_append_attention  # noqa: E402
+from pallas_kernels.gpu_triton import TritonConfig  # noqa: E402
+
+CONFIGS = [TritonConfig()] + [TritonConfig(num_splits=s) for s in (1, 2, 4, 8)] + [
+    TritonConfig(num_splits=s, block_k=128) for s in (2, 4, 8)]
+
+
+def busy_us_per_layer(fn, args, layers) -> dict:
+    """Device µs per layer of one call (after a warm-up call): the Pallas kernel, and the rest."""
+    jax.block_until_ready(fn(*args))
+    best = None
+    for _ in range(3):
+        by_kind = collections.Counter()
+        for name, _, duration in traced_events(fn, *args)[1]:
+            by_kind["kernel" if name.startswith("append_attention") else "around"] += duration
+        if best is None or sum(by_kind.values()) < sum(best.values()):
+            best = by_kind
+    return {k: 1e-3 * v / layers for k, v in best.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="qwen2.5-1.5b")
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--layers", type=int, help="fewer distinct caches than the model's layers")
+    parser.add_argument("--interpret", action="store_true", help="CPU smoke run (Pallas interpreter, no timings)")
+    args = parser.parse_args()
+    c = common.shape_config(args.shape)
+    layers, heads = args.layers or c.num_layers, c.num_heads + 2 * c.num_kv_heads
+    cache_len = args.context + 128
+    results = {"device": jax.devices()[0].device_kind, "shape": args.shape, "context": args.context, "rows": []}
+    print(f"{results['device']}, {args.shape} heads {c.num_heads}/{c.num_kv_heads}, {args.context}-token cache; "
+          "µs per layer (device busy)")
+    print("| tokens | config | kernel | merge and layout (XLA) | total |\n|---|---|---|---|---|")
+    for num_tokens, block_size in ((1, None), (32, 32)):
+        keys = jax.random.split(jax.random.key(0, impl="rbg"), 2 * layers + 1)
+        caches = [(jax.random.normal(keys[2 * i], (1, cache_len, c.num_kv_heads, c.head_dim), jnp.bfloat16),
+                   jax.random.normal(keys[2 * i + 1], (1, cache_len, c.num_kv_heads, c.head_dim), jnp.bfloat16))
+                  for i in range(layers)]
+        qkv = jax.random.normal(keys[-1], (1, num_tokens, heads, c.head_dim), jnp.bfloat16)
+        angles = jnp.arange(num_tokens, dtype=jnp.float32)[None, :, None] * jnp.ones((1, 1, c.head_dim // 2))
+        cos, sin = jnp.cos(angles), jnp.sin(angles)
+        q_start = jnp.full((1,), args.context, jnp.int32)
+        kv_len = q_start + num_tokens
+        reference = None
+        for cfg in CONFIGS:
+            def layer_stack(caches, qkv, cfg=cfg):
+                return [gpu_append_attention.append_attention(
+                    qkv, cos, sin, k, v, q_start, kv_len, num_q_heads=c.num_heads, block_size=block_size,
+                    config=cfg, interpret=args.interpret)[0] for k, v in caches]
+            fn = jax.jit(layer_stack)
+            out = fn(caches, qkv)[0].astype(jnp.float32)
+            reference = out if reference is None else reference
+            error = float(jnp.max(jnp.abs(out - reference)))
+            us = busy_us_per_layer(fn, (caches, qkv), layers)
+            total = sum(us.values())
+            label = "auto" if cfg == TritonConfig() else f"splits={cfg.num_splits} block_k={cfg.block_k or 64}"
+            results["rows"].append({"tokens": num_tokens, "config": label, **us, "total": total,
+                                    "max_abs_diff_vs_auto": error})
+            print(f"| {num_tokens} | {label} | {us.get('kernel', 0):.2f} | {us.get('around', 0):.2f} | "
+                  f"{total:.2f} |  (max |Δ| vs auto {error:.1e})", flush=True)
+    common.write_results(f"append_splits_{args.shape}.json", results)
+
+
+if __name__ == "__main__":
+    main()
