@@ -9,8 +9,7 @@ call runs it on ``num_layers`` distinct weights (more bytes than the L2 holds), 
   the SwiGLU in XLA.
 µs per projection = the device's busy time during the call (JAX's profiler: every kernel it ran) ÷ layers;
 GB/s counts weight bytes. (Wall-clock time of such a call is dominated by host dispatch.)
-Each kernel output is also checked against the jnp reference. ``--sweep`` times launch configurations,
-``--persistent`` a few programs per SM that each walk many output tiles (``MatvecConfig.programs``).
+Each kernel output is also checked against the jnp reference. ``--sweep`` times launch configurations.
 """
 
 from __future__ import annotations
@@ -63,7 +62,6 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", nargs="+", default=["qwen2.5-1.5b"])
     parser.add_argument("--sweep", action="store_true")
-    parser.add_argument("--persistent", action="store_true", help="also time programs that walk several tiles")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--interpret", action="store_true", help="CPU smoke run (use with --shapes tiny)")
     args = parser.parse_args()
@@ -101,9 +99,6 @@ def bench_shape(shape, args):
         if args.sweep:
             configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=w, num_stages=s)
                         for n, k, w, s in itertools.product([4, 8], [1024, 2048], [4, 8], [1])]
-        if args.persistent:  # a few programs per SM, each walking many output tiles
-            sms = jax.devices()[0].core_count if hasattr(jax.devices()[0], "core_count") else 132
-            configs += [dm.MatvecConfig(block_n=n, programs=m * sms) for n, m in itertools.product([4, 8], [2, 4, 8])]
         for cfg in configs:
             fn = functools.partial(dm.gpu_matvec, x, config=cfg, interpret=args.interpret, **kw)
             try:
@@ -121,7 +116,7 @@ def bench_shape(shape, args):
             row[str(planned)] = {"us": us, "GBps": gbs, "rel_error": error}
             if cfg == configs[0]:
                 default = str(planned)
-            if args.sweep or args.persistent:
+            if args.sweep:
                 print(f"  {name} {planned}: {us:.2f} µs {gbs:.0f} GB/s", flush=True)
         weights_in_out = [w.T for w in weights]
         jax.block_until_ready(weights_in_out)

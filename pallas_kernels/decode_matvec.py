@@ -60,10 +60,6 @@ class MatvecConfig:
     block_k: int | None = None  # input features per loop step
     num_warps: int | None = None
     num_stages: int | None = None
-    # None: one program per output tile. An int: that many programs per row, each walking the tiles
-    # program, program + programs, ... and requesting the next tile's weights before reducing the current one,
-    # so a program's loads stay in flight across tiles (on trial: benchmarks/matvec_bench.py --persistent).
-    programs: int | None = None
 
 
 def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool) -> MatvecConfig:
@@ -79,20 +75,16 @@ def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool) -> Mat
         block_n=config.block_n or 4,
         block_k=config.block_k or min(2048 if long_rows else 1024, _next_power_of_two(width)),
         num_warps=config.num_warps or (4 if swiglu else 8),
-        num_stages=config.num_stages or (3 if width <= 2048 else 1), programs=config.programs)
+        num_stages=config.num_stages or (3 if width <= 2048 else 1))
 
 
 def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_out, block_n, block_k, has_norm,
-            has_residual, swiglu, programs):
-    program, row = pl.program_id(0), pl.program_id(1)
+            has_residual, swiglu):
+    tile, row = pl.program_id(0), pl.program_id(1)
     num_chunks = pl.cdiv(width, block_k)
+    first = tile * block_n
+    out_ok = first + jnp.arange(block_n, dtype=jnp.int32) < num_out
     dtype = x_ref.dtype
-    # Step s of this program: tile program + (s // num_chunks) * programs, chunk s % num_chunks.
-    num_tiles = pl.cdiv(num_out, block_n)
-    num_steps = pl.cdiv(num_tiles - program, programs) * num_chunks if programs else num_chunks
-
-    def tile_of(step):
-        return program + (step // num_chunks) * programs if programs else program
 
     def input_chunk(i):
         """The product's input over features [i * block_k, +block_k) before the norm, rounded to the dtype."""
@@ -103,27 +95,14 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
                                                     other=0).astype(jnp.float32)).astype(dtype)
         return x, ok
 
-    def weight_chunk(step):
-        """The weight rows of the step's tile (gate and up rows with SwiGLU) over its chunk of features, kept in
-        the weight's dtype; past the last step everything is masked (no memory traffic)."""
-        i, first = step % num_chunks, tile_of(step) * block_n
+    def weight_chunk(i):
+        """The program's weight rows (gate and up rows with SwiGLU) over features [i * block_k, +block_k), kept
+        in the weight's dtype; past the last chunk everything is masked (no memory traffic)."""
         ok = (i * block_k + jnp.arange(block_k, dtype=jnp.int32)) < width
-        out_ok = (first + jnp.arange(block_n, dtype=jnp.int32) < num_out) & (step < num_steps)
         mask = out_ok[:, None] & ok[None, :]
         firsts = (first, num_out + first) if swiglu else (first,)
         return tuple(plgpu.load(w_ref.at[pl.ds(f, block_n), pl.ds(i * block_k, block_k)], mask=mask, other=0)
                      for f in firsts)
-
-    def finish(step, accs):
-        """Reduces the step's tile's accumulators and writes its outputs."""
-        first = tile_of(step) * block_n
-        y = jnp.sum(accs[0], axis=1).astype(dtype)
-        if swiglu:
-            gate = y.astype(jnp.float32)
-            up = jnp.sum(accs[1], axis=1).astype(dtype).astype(jnp.float32)
-            y = ((gate * jax.nn.sigmoid(gate)).astype(dtype).astype(jnp.float32) * up).astype(dtype)
-        plgpu.store(out_refs[-1].at[row, pl.ds(first, block_n)], y,
-                    mask=first + jnp.arange(block_n, dtype=jnp.int32) < num_out)
 
     # The first weight chunk is requested before anything else: its HBM latency overlaps the norm's pass over
     # the input row (an L2 read), and each step requests the next chunk before reducing the current one.
@@ -135,32 +114,31 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
 
         def sum_of_squares(i, acc):
             x, ok = input_chunk(i)
-            plgpu.store(total_ref.at[row, pl.ds(i * block_k, block_k)], x, mask=ok & (program == 0))
+            plgpu.store(total_ref.at[row, pl.ds(i * block_k, block_k)], x, mask=ok & (tile == 0))
             x32 = x.astype(jnp.float32)
             return acc + jnp.sum(x32 * x32)
 
         inv_rms = lax.rsqrt(lax.fori_loop(0, num_chunks, sum_of_squares, jnp.float32(0.0)) / width + eps)
 
-    def step(s, carry):
+    def step(i, carry):
         accs, current = carry
-        upcoming = weight_chunk(s + 1)
-        i = s % num_chunks
+        upcoming = weight_chunk(i + 1)
         x, ok = input_chunk(i)
         if has_norm:
             scale = plgpu.load(scale_ref.at[pl.ds(i * block_k, block_k)], mask=ok, other=0).astype(jnp.float32)
             x = (scale * (x.astype(jnp.float32) * inv_rms).astype(dtype).astype(jnp.float32)).astype(dtype)
         x = x.astype(jnp.float32)[None, :]
-        if programs:  # a new tile starts from zero; its last chunk writes it
-            accs = tuple(jnp.where(i == 0, 0.0, acc) for acc in accs)
         accs = tuple(acc + w.astype(jnp.float32) * x for acc, w in zip(accs, current))
-        if programs:
-            pl.when(i == num_chunks - 1)(lambda: finish(s, accs))
         return accs, upcoming
 
     zeros = tuple(jnp.zeros((block_n, block_k), jnp.float32) for _ in upcoming)
-    accs, _ = lax.fori_loop(0, num_steps, step, (zeros, upcoming))
-    if not programs:
-        finish(0, accs)
+    accs, _ = lax.fori_loop(0, num_chunks, step, (zeros, upcoming))
+    y = jnp.sum(accs[0], axis=1).astype(dtype)
+    if swiglu:
+        gate = y.astype(jnp.float32)
+        up = jnp.sum(accs[1], axis=1).astype(dtype).astype(jnp.float32)
+        y = ((gate * jax.nn.sigmoid(gate)).astype(dtype).astype(jnp.float32) * up).astype(dtype)
+    plgpu.store(out_refs[-1].at[row, pl.ds(first, block_n)], y, mask=out_ok)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "swiglu", "interpret", "config"))
@@ -176,15 +154,14 @@ def gpu_matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, 
     cfg = plan(config, num_out=num_out, width=width, swiglu=swiglu)
     has_norm, has_residual = norm_scale is not None, residual is not None
     kernel = functools.partial(_kernel, eps=eps, width=width, num_out=num_out, block_n=cfg.block_n,
-                               block_k=cfg.block_k, has_norm=has_norm, has_residual=has_residual, swiglu=swiglu,
-                               programs=cfg.programs)
+                               block_k=cfg.block_k, has_norm=has_norm, has_residual=has_residual, swiglu=swiglu)
     # Absent operands are passed as x (never read): one kernel signature for every variant.
     operands = (x, residual if has_residual else x, norm_scale if has_norm else x[0], weight)
     out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype)] if has_norm else []) + [
         jax.ShapeDtypeStruct((num_rows, num_out), x.dtype)]
     outputs = pl.pallas_call(
         kernel,
-        grid=(cfg.programs or pl.cdiv(num_out, cfg.block_n), num_rows),
+        grid=(pl.cdiv(num_out, cfg.block_n), num_rows),
         out_shape=out_shape,
         compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=interpret,
