@@ -6,8 +6,9 @@ A decode step (1 token) and a drafter pass (a 32-token block, block-causal) each
 per layer. The kernel splits the keys across programs (flash decoding) and XLA merges the splits afterwards, in
 kernels of its own. More splits fill more SMs but cost a larger merge. For each launch configuration, one jitted
 call runs ``pallas_kernels.append_attention`` on ``num_layers`` distinct caches, as a forward pass does, and the
-device's busy time (JAX's profiler) is split into the Pallas kernel and everything XLA ran around it (the
-merge, the output transpose), in µs per layer.
+device's busy time (JAX's profiler) is split into the attention kernel and everything else the call ran, in µs
+per layer: the split merge, and two cache copies per layer (the caches are not donated, so XLA copies each before
+the kernel writes it in place; about 4.6 µs per layer on an H200, the whole column at one split).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main():
     results = {"device": jax.devices()[0].device_kind, "shape": args.shape, "context": args.context, "rows": []}
     print(f"{results['device']}, {args.shape} heads {c.num_heads}/{c.num_kv_heads}, {args.context}-token cache; "
           "µs per layer (device busy)")
-    print("| tokens | config | kernel | merge and layout (XLA) | total |\n|---|---|---|---|---|")
+    print("| tokens | config | attention kernel | merge + cache copies | total |\n|---|---|---|---|---|")
     for num_tokens, block_size in ((1, None), (32, 32)):
         keys = jax.random.split(jax.random.key(0, impl="rbg"), 2 * layers + 1)
         caches = [(jax.random.normal(keys[2 * i], (1, cache_len, c.num_kv_heads, c.head_dim), jnp.bfloat16),
@@ -73,12 +74,16 @@ def main():
                     qkv, cos, sin, k, v, q_start, kv_len, num_q_heads=c.num_heads, block_size=block_size,
                     config=cfg, interpret=args.interpret)[0] for k, v in caches]
             fn = jax.jit(layer_stack)
-            out = fn(caches, qkv)[0].astype(jnp.float32)
+            label = "auto" if cfg == TritonConfig() else f"splits={cfg.num_splits} block_k={cfg.block_k or 64}"
+            try:
+                out = fn(caches, qkv)[0].astype(jnp.float32)
+            except Exception as e:  # a launch configuration Triton refuses (shared memory, registers)
+                print(f"| {num_tokens} | {label} | refused: {str(e)[:80]} | | |", flush=True)
+                continue
             reference = out if reference is None else reference
             error = float(jnp.max(jnp.abs(out - reference)))
             us = busy_us_per_layer(fn, (caches, qkv), layers)
             total = sum(us.values())
-            label = "auto" if cfg == TritonConfig() else f"splits={cfg.num_splits} block_k={cfg.block_k or 64}"
             results["rows"].append({"tokens": num_tokens, "config": label, **us, "total": total,
                                     "max_abs_diff_vs_auto": error})
             print(f"| {num_tokens} | {label} | {us.get('kernel', 0):.2f} | {us.get('around', 0):.2f} | "

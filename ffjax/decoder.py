@@ -14,7 +14,7 @@ Two layer layouts, one ``DecoderLayer``:
   4.3 ms). Separate buffers leave nothing to copy. Compiling the loop costs seconds (3.5 s at 7B), once.
   Its projection weights are stored [out, in] (stacked: [in, out]), so a decoding row's matrix-vector kernel
   (``pallas_kernels.decode_matvec``) reads each output feature's weights contiguously: at batch-1 decoding a
-  layer is five kernels (norm + qkv, attention, o, norm + gate_up + SwiGLU, down).
+  layer is six kernels (norm + qkv, attention, the merge of its KV splits, o, norm + gate_up + SwiGLU, down).
 The layout is read from the params' structure; ``load`` and ``init_params`` pick the platform's default.
 """
 

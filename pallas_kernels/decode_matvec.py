@@ -8,8 +8,8 @@ SwiGLU after it and a padding row in kernels of their own (about 14 kernels per 
 shape). Here a program owns ``block_n`` output features: it reads their weight
 rows, contiguous in the [out, in] layout, in ``block_k`` chunks and reduces them against the input row, which
 it normalises itself (each program re-reads the row from L2: a few KB). No split-K, so no reduction kernel;
-the norm's residual sum is written by the first program. A layer becomes five kernels: norm+qkv, attention,
-o, norm+gate_up+SwiGLU, down.
+the norm's residual sum is written by the first program. A layer becomes six kernels: norm+qkv, attention and
+the merge of its KV splits, o, norm+gate_up+SwiGLU, down.
 
 Measured on an H200 (BENCHMARKS.md, issue 2): faster than XLA where its GEMMs are small (1.5B qkv and o: 5 and
 3 µs against 16 and 14), slower where XLA already streams a large weight near full bandwidth (7B), so the

@@ -180,47 +180,47 @@ def merge_splits(partial_out, partial_lse):
     return merged / jnp.where(total > 0.0, total, 1.0)[..., None]
 
 
-def _merge_kernel(lse_ref, partial_ref, o_ref, *, num_splits, group, group_pad, rows_per_token):
-    kv_head, token = pl.program_id(0) % (o_ref.shape[1] // group), pl.program_id(1)
-    first_row = token * rows_per_token
-    head_ok = jnp.arange(group_pad) < group
-    rows = pl.ds(first_row, group_pad)
-    # Splits are few (tens at most) and static: unrolled, their independent loads are all in flight at once.
-    lse = [plgpu.load(lse_ref.at[jnp.int32(s), rows], mask=head_ok, other=-jnp.inf) for s in range(num_splits)]
-    top = functools.reduce(jnp.maximum, lse)
-    top = jnp.where(top == -jnp.inf, 0.0, top)
-    weights = [jnp.exp(x - top) for x in lse]
-    total = functools.reduce(jnp.add, weights)
-    acc = functools.reduce(jnp.add, [
-        w[:, None] * plgpu.load(partial_ref.at[jnp.int32(s), rows, :], mask=head_ok[:, None], other=0.0)
-        for s, w in enumerate(weights)])
-    out = acc / jnp.where(total > 0.0, total, 1.0)[:, None]
-    plgpu.store(o_ref.at[token, pl.ds(kv_head * group, group_pad), :], out.astype(o_ref.dtype),
-                mask=head_ok[:, None])
+def _merge_kernel(lse_ref, partial_ref, o_ref, *, num_splits, group, rows_per_token):
+    token, head = pl.program_id(1), pl.program_id(2)
+    kv_head = pl.program_id(0) % (o_ref.shape[1] // group)
+    row = token * rows_per_token + head
+    # One output row per program: its splits' [splits, D] partials come in one load, so a program is a single
+    # round trip to memory however many splits there are.
+    splits = pl.ds(0, _next_power_of_two(num_splits))
+    real = jnp.arange(_next_power_of_two(num_splits)) < num_splits
+    lse = plgpu.load(lse_ref.at[splits, row], mask=real, other=-jnp.inf)
+    partial = plgpu.load(partial_ref.at[splits, row, :], mask=real[:, None], other=0.0)
+    top = jnp.max(lse)
+    weights = jnp.exp(lse - jnp.where(top == -jnp.inf, 0.0, top))
+    total = jnp.sum(weights)
+    out = jnp.sum(weights[:, None] * partial, axis=0) / jnp.where(total > 0.0, total, 1.0)
+    o_ref[token, kv_head * group + head, :] = out.astype(o_ref.dtype)
 
 
 def merge_splits_to_heads(partial_out, partial_lse, *, num_tokens: int, group: int, rows_per_token: int,
                           out_dtype, interpret: bool = False):
     """``merge_splits`` and the inverse of ``query_rows.to_rows`` in one Triton kernel, where XLA ran three
-    (a max, the exponentials, the weighted sum) plus a transpose for every attention call.
+    (a max, the exponentials, the weighted sum) plus a transpose for every attention call. One program per
+    output row (H200, 1.5B decode: 70 µs per token for 28 layers, against 110 for XLA's kernels and 104 for a
+    first version with one program per (token, KV head) that walked the splits).
 
     partial_out [B, Hkv, splits, R, D], partial_lse [B, Hkv, splits, R]: row ``t * rows_per_token + g`` is query
     position t, head g of the KV head's group (rows with g >= ``group`` are padding). Returns [B, T, Hq, D]
     in ``out_dtype``; a row no split saw comes out as zeros."""
     batch, num_kv_heads, num_splits, _, head_dim = partial_out.shape
     num_q_heads = num_kv_heads * group
-    kernel = functools.partial(_merge_kernel, num_splits=num_splits, group=group,
-                               group_pad=_next_power_of_two(group), rows_per_token=rows_per_token)
+    kernel = functools.partial(_merge_kernel, num_splits=num_splits, group=group, rows_per_token=rows_per_token)
     per_head = lambda *shape: pl.BlockSpec(  # noqa: E731
-        (None, None, *shape), lambda bh, t: (bh // num_kv_heads, bh % num_kv_heads) + (0,) * len(shape))
+        (None, None, *shape), lambda bh, t, g: (bh // num_kv_heads, bh % num_kv_heads) + (0,) * len(shape))
     return pl.pallas_call(
         kernel,
         # Batch rows outermost: a row's output block is revisited only by consecutive programs.
-        grid=(batch * num_kv_heads, num_tokens),
+        grid=(batch * num_kv_heads, num_tokens, group),
         in_specs=[per_head(*partial_lse.shape[2:]), per_head(*partial_out.shape[2:])],
-        out_specs=pl.BlockSpec((None, num_tokens, num_q_heads, head_dim), lambda bh, t: (bh // num_kv_heads, 0, 0, 0)),
+        out_specs=pl.BlockSpec((None, num_tokens, num_q_heads, head_dim),
+                               lambda bh, t, g: (bh // num_kv_heads, 0, 0, 0)),
         out_shape=jax.ShapeDtypeStruct((batch, num_tokens, num_q_heads, head_dim), out_dtype),
-        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+        compiler_params=plgpu.CompilerParams(num_warps=2, num_stages=1),
         interpret=interpret,
         name="merge_attention_splits",
     )(partial_lse, partial_out)
