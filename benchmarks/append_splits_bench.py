@@ -3,8 +3,8 @@
     python benchmarks/append_splits_bench.py [--shape qwen2.5-1.5b] [--context 1024]
 
 A decode step (1 token) and a drafter pass (a 32-token block, block-causal) each attend over a ~1k-token cache
-per layer. The kernel splits the keys across programs (flash decoding) and XLA merges the splits afterwards, in
-kernels of its own. More splits fill more SMs but cost a larger merge. For each launch configuration, one jitted
+per layer. The kernel splits the keys across programs (flash decoding) and a second kernel
+(``gpu_triton.merge_splits_to_heads``) merges the splits. More splits fill more SMs but cost a larger merge. For each launch configuration, one jitted
 call runs ``pallas_kernels.append_attention`` on ``num_layers`` distinct caches, as a forward pass does, and the
 device's busy time (JAX's profiler) is split into the attention kernel and everything else the call ran, in µs
 per layer: the split merge, and two cache copies per layer (the caches are not donated, so XLA copies each before
@@ -31,7 +31,7 @@ CONFIGS = [TritonConfig()] + [TritonConfig(num_splits=s) for s in (1, 2, 4, 8)] 
 
 
 def busy_us_per_layer(fn, args, layers) -> dict:
-    """Device µs per layer of one call (after a warm-up call): the Pallas kernel, and the rest."""
+    """Device µs per layer of one call (after a warm-up call): the attention kernel, and the rest."""
     jax.block_until_ready(fn(*args))
     best = None
     for _ in range(3):

@@ -180,14 +180,14 @@ def merge_splits(partial_out, partial_lse):
     return merged / jnp.where(total > 0.0, total, 1.0)[..., None]
 
 
-def _merge_kernel(lse_ref, partial_ref, o_ref, *, num_splits, group, rows_per_token):
-    token, head = pl.program_id(1), pl.program_id(2)
-    kv_head = pl.program_id(0) % (o_ref.shape[1] // group)
+def _merge_kernel(lse_ref, partial_ref, o_ref, *, num_splits, num_kv_heads, group, rows_per_token):
+    kv_head, token, head = pl.program_id(0) % num_kv_heads, pl.program_id(1), pl.program_id(2)
     row = token * rows_per_token + head
     # One output row per program: its splits' [splits, D] partials come in one load, so a program is a single
     # round trip to memory however many splits there are.
-    splits = pl.ds(0, _next_power_of_two(num_splits))
-    real = jnp.arange(_next_power_of_two(num_splits)) < num_splits
+    splits_pad = _next_power_of_two(num_splits)
+    splits = pl.ds(0, splits_pad)
+    real = jnp.arange(splits_pad) < num_splits
     lse = plgpu.load(lse_ref.at[splits, row], mask=real, other=-jnp.inf)
     partial = plgpu.load(partial_ref.at[splits, row, :], mask=real[:, None], other=0.0)
     top = jnp.max(lse)
@@ -209,7 +209,8 @@ def merge_splits_to_heads(partial_out, partial_lse, *, num_tokens: int, group: i
     in ``out_dtype``; a row no split saw comes out as zeros."""
     batch, num_kv_heads, num_splits, _, head_dim = partial_out.shape
     num_q_heads = num_kv_heads * group
-    kernel = functools.partial(_merge_kernel, num_splits=num_splits, group=group, rows_per_token=rows_per_token)
+    kernel = functools.partial(_merge_kernel, num_splits=num_splits, num_kv_heads=num_kv_heads, group=group,
+                               rows_per_token=rows_per_token)
     per_head = lambda *shape: pl.BlockSpec(  # noqa: E731
         (None, None, *shape), lambda bh, t, g: (bh // num_kv_heads, bh % num_kv_heads) + (0,) * len(shape))
     return pl.pallas_call(
