@@ -4,6 +4,7 @@
     python benchmarks/dllm_bench.py --tiny                                            # CPU smoke run
     python benchmarks/dllm_bench.py --pair DIR [--tasks 0 16]       # passes/token of DIR/drafter on HumanEval
     python benchmarks/dllm_bench.py --profile-only                  # kernels of one pass, from the profiler
+    python benchmarks/dllm_bench.py --latency-only                  # only the block's forward and pass latency
 
 At the Fast_dLLM_v2_1.5B shape (Qwen2.5-1.5B, bd_size 32, bf16, random weights made by
 ``decoder.init_params`` under jit):
@@ -115,6 +116,7 @@ def main():
     parser.add_argument("--tasks", type=int, nargs=2, default=[0, 16], metavar=("FIRST", "STOP"))
     parser.add_argument("--profile", action="store_true", help="also profile the decode loop's kernels per pass")
     parser.add_argument("--profile-only", action="store_true", help="only the profile (no latency or pass counts)")
+    parser.add_argument("--latency-only", action="store_true", help="only the block latencies (no pass counts)")
     args = parser.parse_args()
     if args.tiny:
         args.context, args.new = 128, 64
@@ -134,7 +136,10 @@ def main():
     limit_s = needed["total"] / bandwidth
     latency = block_latencies(model, args.context, args.small_block_size)
     print(f"block over {args.context} cached tokens: forward {1e3 * latency['forward_s']:.3f} ms, drafter pass "
-          f"{1e3 * latency['drafter_pass_s']:.3f} ms (HBM limit {1e3 * limit_s:.3f} ms)", flush=True)
+          f"{1e3 * latency['drafter_pass_s']:.3f} ms (HBM limit {1e3 * limit_s:.3f} ms at "
+          f"{bandwidth / 1e12:.2f} TB/s)", flush=True)
+    if args.latency_only:
+        return
 
     if args.pair:
         from benchmarks.failfast_humaneval import humaneval_prompts

@@ -9,7 +9,8 @@ call runs it on ``num_layers`` distinct weights (more bytes than the L2 holds), 
   the SwiGLU in XLA.
 µs per projection = the device's busy time during the call (JAX's profiler: every kernel it ran) ÷ layers;
 GB/s counts weight bytes. (Wall-clock time of such a call is dominated by host dispatch.)
-Each kernel output is also checked against the jnp reference. ``--sweep`` times launch configurations.
+Each kernel output is also checked against the jnp reference. ``--sweep`` times launch configurations. Both kernel variants (the
+CUDA-core reduction and the tensor-core one, ``MatvecConfig.mma``) run at their planned defaults.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def projections(config):
 
 
 def xla_path(x, residual, scale, weight_in_out, *, norm, swiglu, rows_trick=True):
-    """The decoder's code before the matvec kernel, for one row."""
+    """The decoder's code before the matvec kernel: for one row, padded to the two-row GEMM XLA runs best."""
+    num_rows = x.shape[0]
+    rows_trick = rows_trick and num_rows == 1
     if norm:
         _, x = residual_rms_norm(x[None], residual[None], scale, eps=1e-6, rows=2 if rows_trick else None)
         x = x[0]
@@ -49,7 +52,7 @@ def xla_path(x, residual, scale, weight_in_out, *, norm, swiglu, rows_trick=True
     if swiglu:
         gate, up = jnp.split(y, 2, axis=-1)
         y = jax.nn.silu(gate) * up
-    return y[:1]
+    return y[:num_rows]
 
 
 def device_busy_s(fn, *args) -> float:
@@ -61,8 +64,11 @@ def device_busy_s(fn, *args) -> float:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", nargs="+", default=["qwen2.5-1.5b"])
-    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--sweep", nargs="?", const="mma", choices=["mma", "all"],
+                        help="time launch configurations: the tensor-core ones (mma), or also the others (all)")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--rows", type=int, default=1,
+                        help="input rows: 1 for a decode step, 32 for a drafter block (tensor-core kernel only)")
     parser.add_argument("--interpret", action="store_true", help="CPU smoke run (use with --shapes tiny)")
     args = parser.parse_args()
     for shape in args.shapes:
@@ -79,8 +85,8 @@ def bench_shape(shape, args):
     for name, width, rows, norm, swiglu in projections(config):
         keys = jax.random.split(key, layers + 3)
         weights = [0.02 * jax.random.normal(k, (rows, width), jnp.bfloat16) for k in keys[:layers]]
-        x = jax.random.normal(keys[-1], (1, width), jnp.bfloat16)
-        residual = jax.random.normal(keys[-2], (1, width), jnp.bfloat16)
+        x = jax.random.normal(keys[-1], (args.rows, width), jnp.bfloat16)
+        residual = jax.random.normal(keys[-2], (args.rows, width), jnp.bfloat16)
         scale = 1 + 0.1 * jax.random.normal(keys[-3], (width,), jnp.bfloat16)
         weight_bytes = rows * width * 2
         kw = dict(residual=residual if norm else None, norm_scale=scale if norm else None, swiglu=swiglu)
@@ -94,12 +100,17 @@ def bench_shape(shape, args):
             us = 1e6 * seconds / layers
             return us, weight_bytes / (us * 1e-6) / 1e9
 
-        row, default = {}, None
-        configs = [dm.MatvecConfig()]
+        row, default, mma_default = {}, None, None
+        configs = [dm.MatvecConfig(), dm.MatvecConfig(mma=True)]
         if args.sweep:
+            configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=4, num_stages=s, mma=True)
+                        for n, k, s in itertools.product([16, 32, 64], [64, 128], [3, 5])]
+        if args.sweep == "all":
             configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=w, num_stages=s)
                         for n, k, w, s in itertools.product([4, 8], [1024, 2048], [4, 8], [1])]
-        for cfg in configs:
+        if args.rows > 1:  # the CUDA-core kernel re-reads the weights for each row
+            configs = [cfg if cfg.mma else None for cfg in configs]
+        for cfg in filter(None, configs):
             fn = functools.partial(dm.gpu_matvec, x, config=cfg, interpret=args.interpret, **kw)
             try:
                 out = fn(weights[0])
@@ -116,8 +127,9 @@ def bench_shape(shape, args):
             row[str(planned)] = {"us": us, "GBps": gbs, "rel_error": error}
             if cfg == configs[0]:
                 default = str(planned)
-            if args.sweep:
-                print(f"  {name} {planned}: {us:.2f} µs {gbs:.0f} GB/s", flush=True)
+            if cfg == configs[1]:
+                mma_default = str(planned)
+            print(f"  {name} {planned}: {us:.2f} µs {gbs:.0f} GB/s", flush=True)
         weights_in_out = [w.T for w in weights]
         jax.block_until_ready(weights_in_out)
         del weights
@@ -128,17 +140,19 @@ def bench_shape(shape, args):
         ok = {k: v for k, v in row.items() if "us" in v}
         best = min(ok, key=lambda k: ok[k]["us"])
         results["projections"][name] = {"K": width, "N": rows, "xla_us": xla_us, "xla_GBps": xla_gbs,
-                                        "configs": row, "best": best, "default": default}
-        summary.append((name, xla_us, ok[default]["us"] if default else float("nan"), ok[best]["us"]))
+                                        "configs": row, "best": best, "default": default,
+                                        "mma_default": mma_default}
+        us_of = lambda planned: ok[planned]["us"] if planned in ok else float("nan")  # noqa: E731
+        summary.append((name, xla_us, us_of(default), us_of(mma_default), ok[best]["us"]))
         print(f"{name} [{rows}x{width}]: xla {xla_us:.2f} µs ({xla_gbs:.0f} GB/s); default "
               f"{ok[default]['us'] if default else float('nan'):.2f} µs; best {ok[best]['us']:.2f} µs "
               f"({ok[best]['GBps']:.0f} GB/s, rel err {ok[best]['rel_error']:.1e}) {best}", flush=True)
-    common.write_results(f"matvec_bench_{shape}.json", results)
-    print(f"\n{shape}, device µs per projection | XLA path | kernel (default plan) | kernel (best of sweep)")
-    for name, xla_us, default_us, best_us in summary:
-        print(f"{name} | {xla_us:.2f} | {default_us:.2f} | {best_us:.2f}")
-    print(f"layer total | {sum(r[1] for r in summary):.2f} | {sum(r[2] for r in summary):.2f} | "
-          f"{sum(r[3] for r in summary):.2f}")
+    common.write_results(f"matvec_bench_{shape}_rows{args.rows}.json", results)
+    print(f"\n{shape}, {args.rows} rows, device µs per projection | XLA path | kernel (default plan) | tensor-core kernel "
+          "(default plan) | best kernel")
+    for name, *times in summary:
+        print(f"{name} | " + " | ".join(f"{t:.2f}" for t in times))
+    print("layer total | " + " | ".join(f"{sum(r[i] for r in summary):.2f}" for i in range(1, 5)))
 
 
 if __name__ == "__main__":

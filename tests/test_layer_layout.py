@@ -75,5 +75,5 @@ def test_decoding_row_kernels_do_not_change_generation(both_layouts, monkeypatch
 
 def test_unknown_matvec_mode_is_refused(both_layouts, monkeypatch):
     monkeypatch.setenv(decoder.MATVEC_ENV, "sometimes")
-    with pytest.raises(ValueError, match="FFJAX_MATVEC must be auto, on or off"):
+    with pytest.raises(ValueError, match="FFJAX_MATVEC must be auto, on, off or a comma-separated list"):
         decoder.matvec_projections(both_layouts[0].config)
