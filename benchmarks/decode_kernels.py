@@ -146,11 +146,14 @@ def profile_steps(compiled, args, new_tokens: int) -> dict:
         by_name[key][0] += 1
         by_name[key][1] += duration
     top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:25]
+    # One step's kernels in launch order (from the middle of the run), to tell apart same-kind kernels.
+    middle, per_step = len(events) // 2, -(-len(events) // new_tokens)
+    sequence = [[name, round(1e-3 * duration, 2)] for name, _, duration in events[middle:middle + per_step]]
     return {"unprofiled_wall_ms_per_token": 1e3 * unprofiled_s / new_tokens,
             "wall_ms_per_token": 1e3 * wall_s / new_tokens, "span_ms_per_token": 1e-6 * span_ns / new_tokens,
             "busy_ms_per_token": 1e-6 * busy_ns / new_tokens, "events_per_token": len(events) / new_tokens,
             "top": [{"name": k, "per_token": n / new_tokens, "us_per_token": 1e-3 * t / new_tokens}
-                    for k, (n, t) in top]}
+                    for k, (n, t) in top], "one_step_sequence": sequence}
 
 
 def print_profile(profile: dict, step: str) -> None:

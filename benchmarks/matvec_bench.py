@@ -9,8 +9,7 @@ call runs it on ``num_layers`` distinct weights (more bytes than the L2 holds), 
   the SwiGLU in XLA.
 µs per projection = the device's busy time during the call (JAX's profiler: every kernel it ran) ÷ layers;
 GB/s counts weight bytes. (Wall-clock time of such a call is dominated by host dispatch.)
-Each kernel output is also checked against the jnp reference. ``--sweep`` times launch configurations. Both kernel variants (the
-CUDA-core reduction and the tensor-core one, ``MatvecConfig.mma``) run at their planned defaults.
+Each kernel output is also checked against the jnp reference. ``--sweep`` times launch configurations.
 """
 
 from __future__ import annotations
@@ -64,11 +63,10 @@ def device_busy_s(fn, *args) -> float:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", nargs="+", default=["qwen2.5-1.5b"])
-    parser.add_argument("--sweep", nargs="?", const="mma", choices=["mma", "all"],
-                        help="time launch configurations: the tensor-core ones (mma), or also the others (all)")
+    parser.add_argument("--sweep", action="store_true", help="also time other launch configurations")
+    parser.add_argument("--only", nargs="+", choices=["qkv", "o", "gate_up", "down"], help="these projections only")
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--rows", type=int, default=1,
-                        help="input rows: 1 for a decode step, 32 for a drafter block (tensor-core kernel only)")
+    parser.add_argument("--rows", type=int, default=1, help="input rows: 1 for a decode step, 32 for a drafter block")
     parser.add_argument("--interpret", action="store_true", help="CPU smoke run (use with --shapes tiny)")
     args = parser.parse_args()
     for shape in args.shapes:
@@ -100,17 +98,14 @@ def bench_shape(shape, args):
             us = 1e6 * seconds / layers
             return us, weight_bytes / (us * 1e-6) / 1e9
 
-        row, default, mma_default = {}, None, None
-        configs = [dm.MatvecConfig(), dm.MatvecConfig(mma=True)]
+        row, default = {}, None
+        if args.only and name not in args.only:
+            continue
+        configs = [dm.MatvecConfig()]
         if args.sweep:
-            configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=4, num_stages=s, mma=True)
-                        for n, k, s in itertools.product([16, 32, 64], [64, 128], [3, 5])]
-        if args.sweep == "all":
-            configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=w, num_stages=s)
-                        for n, k, w, s in itertools.product([4, 8], [1024, 2048], [4, 8], [1])]
-        if args.rows > 1:  # the CUDA-core kernel re-reads the weights for each row
-            configs = [cfg if cfg.mma else None for cfg in configs]
-        for cfg in filter(None, configs):
+            configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=w)
+                        for n, k, w in itertools.product([2, 4, 8], [512, 1024, 2048], [2, 4, 8])]
+        for cfg in configs:
             fn = functools.partial(dm.gpu_matvec, x, config=cfg, interpret=args.interpret, **kw)
             try:
                 out = fn(weights[0])
@@ -127,8 +122,6 @@ def bench_shape(shape, args):
             row[str(planned)] = {"us": us, "GBps": gbs, "rel_error": error}
             if cfg == configs[0]:
                 default = str(planned)
-            if cfg == configs[1]:
-                mma_default = str(planned)
             print(f"  {name} {planned}: {us:.2f} µs {gbs:.0f} GB/s", flush=True)
         weights_in_out = [w.T for w in weights]
         jax.block_until_ready(weights_in_out)
@@ -140,19 +133,16 @@ def bench_shape(shape, args):
         ok = {k: v for k, v in row.items() if "us" in v}
         best = min(ok, key=lambda k: ok[k]["us"])
         results["projections"][name] = {"K": width, "N": rows, "xla_us": xla_us, "xla_GBps": xla_gbs,
-                                        "configs": row, "best": best, "default": default,
-                                        "mma_default": mma_default}
-        us_of = lambda planned: ok[planned]["us"] if planned in ok else float("nan")  # noqa: E731
-        summary.append((name, xla_us, us_of(default), us_of(mma_default), ok[best]["us"]))
+                                        "configs": row, "best": best, "default": default}
+        summary.append((name, xla_us, ok[default]["us"] if default in ok else float("nan"), ok[best]["us"]))
         print(f"{name} [{rows}x{width}]: xla {xla_us:.2f} µs ({xla_gbs:.0f} GB/s); default "
               f"{ok[default]['us'] if default else float('nan'):.2f} µs; best {ok[best]['us']:.2f} µs "
               f"({ok[best]['GBps']:.0f} GB/s, rel err {ok[best]['rel_error']:.1e}) {best}", flush=True)
     common.write_results(f"matvec_bench_{shape}_rows{args.rows}.json", results)
-    print(f"\n{shape}, {args.rows} rows, device µs per projection | XLA path | kernel (default plan) | tensor-core kernel "
-          "(default plan) | best kernel")
+    print(f"\n{shape}, {args.rows} rows, device µs per projection | XLA path | kernel (default plan) | best kernel")
     for name, *times in summary:
         print(f"{name} | " + " | ".join(f"{t:.2f}" for t in times))
-    print("layer total | " + " | ".join(f"{sum(r[i] for r in summary):.2f}" for i in range(1, 5)))
+    print("layer total | " + " | ".join(f"{sum(r[i] for r in summary):.2f}" for i in range(1, 4)))
 
 
 if __name__ == "__main__":

@@ -49,9 +49,6 @@ MATVEC_ENV = "FFJAX_MATVEC"
 # shape (1536) the decode step took 1.434 ms/token with them and 1.501 without; at 7B (3584) 11.4 vs 4.1 ms,
 # since XLA's GEMMs there already stream the weights at about the measured read bandwidth and the kernel does not.
 MATVEC_MAX_HIDDEN = 2048
-# Rows (tokens, over the batch) up to which the projections run as ``decode_matvec`` kernels: a lone decoding row
-# takes the CUDA-core kernel, more rows (up to ``decode_matvec.MMA_MAX_ROWS``) its tensor-core variant.
-MATVEC_MAX_ROWS = 1
 
 
 def matvec_projections(config: ModelConfig) -> tuple[str, ...]:
@@ -171,7 +168,7 @@ class DecoderLayer(nn.Module):
     def _matvec(self, x) -> tuple[str, ...]:
         """The projections that run as ``decode_matvec`` kernels: some, at batch-1 decoding in the per-layer
         layout (see ``matvec_projections``); none otherwise."""
-        if self.out_in and x.shape[0] * x.shape[1] <= MATVEC_MAX_ROWS and self.attention_impl != "reference":
+        if self.out_in and x.shape[0] * x.shape[1] == 1 and self.attention_impl != "reference":
             return matvec_projections(self.config)
         return ()
 
@@ -230,10 +227,14 @@ class DecoderLayer(nn.Module):
             x, activation = mlp_norm(x, attn_out, then_project=gate_up, swiglu=True)
         else:
             x, h = mlp_norm(x, attn_out, rows)
-            gate, up = jnp.split(project(h, gate_up, self._out_in("gate_up")), 2, axis=-1)  # padding rows: silu(0) * 0 = 0
+            gate_and_up = project(h, gate_up, self._out_in("gate_up"))
+            if "down" in kernels:  # the down kernel makes the activation as it reads its input
+                mlp_out = matvec(gate_and_up[:, :num_tokens].reshape(batch * num_tokens, -1), down, gated_input=True)
+                return (x, mlp_out.reshape(x.shape), cache_k, cache_v), None
+            gate, up = jnp.split(gate_and_up, 2, axis=-1)  # padding rows: silu(0) * 0 = 0
             activation = nn.silu(gate) * up
         if "down" in kernels:
-            mlp_out = matvec(activation[:, :num_tokens].reshape(-1, c.intermediate_size), down).reshape(x.shape)
+            mlp_out = matvec(activation.reshape(-1, c.intermediate_size), down).reshape(x.shape)
         else:
             mlp_out = project(pad_rows(activation, rows), down, self._out_in("down"))
         return (x, mlp_out, cache_k, cache_v), None

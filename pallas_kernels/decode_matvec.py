@@ -31,7 +31,8 @@ from pallas_kernels import residual_rms_norm as rms
 from pallas_kernels.gpu_triton import _next_power_of_two
 
 
-def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swiglu: bool = False):
+def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swiglu: bool = False,
+              gated_input: bool = False):
     """x [M, K]; weight [N, K] (out, in). Returns y [M, N] (N // 2 with ``swiglu``), or (x + residual, y) when
     ``norm_scale`` [K] is given.
 
@@ -39,7 +40,12 @@ def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, s
     ignored, or None), rounded as ``residual_rms_norm.reference`` rounds it. The product accumulates in float32 and is rounded to x's dtype.
     ``swiglu``: the weight is [gate; up] stacked along N, and y = silu(gate) * up of the rounded halves, as the
     decoder's MLP computes it.
+    ``gated_input``: x is [gate; up] [M, 2K] (the MLP's up-projection, not yet activated) and the product's input
+    is silu(gate) * up, computed in x's dtype as the decoder's MLP does; no norm then.
     """
+    if gated_input:
+        gate, up = jnp.split(x, 2, axis=-1)
+        x = jax.nn.silu(gate) * up
     total = None
     if norm_scale is not None:
         residual = None if residual is None else residual[None, :x.shape[0]]
@@ -60,10 +66,6 @@ class MatvecConfig:
     block_k: int | None = None  # input features per loop step
     num_warps: int | None = None
     num_stages: int | None = None
-    # Reduce on tensor cores: each step is a [block_n, block_k] x [block_k, 16] dot whose second operand holds
-    # the input chunk in its first column (zeros elsewhere), so Triton software-pipelines the weight loads
-    # through shared memory (``num_stages`` deep) as it does for a GEMM. block_n and block_k >= 16.
-    mma: bool = False
 
 
 def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool) -> MatvecConfig:
@@ -74,10 +76,6 @@ def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool) -> Mat
     8 warps (4 with SwiGLU), a 3-stage pipeline on short rows. Not tuned for wider models: at the 7B shape the
     SwiGLU variant ran 5x slower than XLA (310 vs 65 µs), likely from register spills of its four in-flight
     tiles."""
-    if config.mma:
-        return MatvecConfig(
-            block_n=config.block_n or 32, block_k=config.block_k or min(128, max(16, _next_power_of_two(width))),
-            num_warps=config.num_warps or 4, num_stages=config.num_stages or 4, mma=True)
     long_rows = swiglu or width > 2048
     return MatvecConfig(
         block_n=config.block_n or 4,
@@ -87,7 +85,7 @@ def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool) -> Mat
 
 
 def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_out, block_n, block_k, has_norm,
-            has_residual, swiglu):
+            has_residual, swiglu, gated_input):
     tile, row = pl.program_id(0), pl.program_id(1)
     num_chunks = pl.cdiv(width, block_k)
     first = tile * block_n
@@ -98,6 +96,10 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
         """The product's input over features [i * block_k, +block_k) before the norm, rounded to the dtype."""
         ok = i * block_k + jnp.arange(block_k, dtype=jnp.int32) < width
         x = plgpu.load(x_ref.at[row, pl.ds(i * block_k, block_k)], mask=ok, other=0)
+        if gated_input:  # x holds [gate; up]: the activation is made here, as the decoder's MLP makes it
+            up = plgpu.load(x_ref.at[row, pl.ds(width + i * block_k, block_k)], mask=ok, other=0)
+            gate = x.astype(jnp.float32)
+            x = ((gate * jax.nn.sigmoid(gate)).astype(dtype) * up).astype(dtype)
         if has_residual:
             x = (x.astype(jnp.float32) + plgpu.load(residual_ref.at[row, pl.ds(i * block_k, block_k)], mask=ok,
                                                     other=0).astype(jnp.float32)).astype(dtype)
@@ -149,104 +151,32 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
     plgpu.store(out_refs[-1].at[row, pl.ds(first, block_n)], y, mask=out_ok)
 
 
-# The fewest rows a tensor-core dot takes: fewer input rows are padded to it (masked loads, zeros).
-_MMA_MIN_ROWS = 16
-# The most input rows one tensor-core program holds (a drafter block is 32 rows, a verify step up to 64).
-MMA_MAX_ROWS = 64
-
-
-def _mma_kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_rows, num_out, block_n,
-                block_k, has_norm, has_residual, swiglu):
-    """All input rows in one program, on tensor cores: each step is x[rows, block_k] . w[block_n, block_k]^T."""
-    tile = pl.program_id(0)
-    first = tile * block_n
-    dtype = x_ref.dtype
-    padded_rows = max(_MMA_MIN_ROWS, _next_power_of_two(num_rows))
-    rows = pl.ds(0, padded_rows)
-    row_ok = jnp.arange(padded_rows, dtype=jnp.int32)[:, None] < num_rows
-    # Masks only where a tile can overhang: an unmasked weight load needs no predicate.
-    out_ok = (first + jnp.arange(block_n, dtype=jnp.int32) < num_out) if num_out % block_n else None
-
-    def input_rows(start, size):
-        """Input features [start, start + size) of every row before the norm, rounded to the dtype (zeros past
-        the rows and the width), and where they are real."""
-        ok = row_ok & (start + jnp.arange(size, dtype=jnp.int32)[None, :] < width)
-        x = plgpu.load(x_ref.at[rows, pl.ds(start, size)], mask=ok, other=0)
-        if has_residual:
-            x = (x.astype(jnp.float32) + plgpu.load(residual_ref.at[rows, pl.ds(start, size)], mask=ok,
-                                                    other=0).astype(jnp.float32)).astype(dtype)
-        return x, ok
-
-    inv_rms = None
-    if has_norm:  # each row's sum of squares first, in chunks as wide as the row allows (an L2 read)
-        total_ref = out_refs[0]
-        norm_chunk = min(_next_power_of_two(width), max(512, 8192 // padded_rows))
-
-        def sum_of_squares(i, acc):
-            x, ok = input_rows(i * norm_chunk, norm_chunk)
-            plgpu.store(total_ref.at[rows, pl.ds(i * norm_chunk, norm_chunk)], x, mask=ok & (tile == 0))
-            x32 = x.astype(jnp.float32)
-            return acc + jnp.sum(x32 * x32, axis=1)
-
-        total = lax.fori_loop(0, pl.cdiv(width, norm_chunk), sum_of_squares, jnp.zeros(padded_rows, jnp.float32))
-        inv_rms = lax.rsqrt(total / width + eps)[:, None]
-
-    firsts = (first, num_out + first) if swiglu else (first,)
-
-    def step(i, accs):
-        x, _ = input_rows(i * block_k, block_k)
-        in_row = i * block_k + jnp.arange(block_k, dtype=jnp.int32) < width
-        if has_norm:
-            scale = plgpu.load(scale_ref.at[pl.ds(i * block_k, block_k)], mask=in_row, other=0)
-            x = (scale.astype(jnp.float32)[None, :]
-                 * (x.astype(jnp.float32) * inv_rms).astype(dtype).astype(jnp.float32)).astype(dtype)
-        k_ok = in_row[None, :] if width % block_k else None
-        mask = None if out_ok is None and k_ok is None else (
-            k_ok if out_ok is None else out_ok[:, None] if k_ok is None else out_ok[:, None] & k_ok)
-        weights = (plgpu.load(w_ref.at[pl.ds(f, block_n), pl.ds(i * block_k, block_k)], mask=mask,
-                              other=None if mask is None else 0) for f in firsts)
-        return tuple(acc + lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-                     for acc, w in zip(accs, weights))
-
-    zeros = tuple(jnp.zeros((padded_rows, block_n), jnp.float32) for _ in firsts)
-    accs = lax.fori_loop(0, pl.cdiv(width, block_k), step, zeros)
-    y = accs[0].astype(dtype)
-    if swiglu:
-        gate = y.astype(jnp.float32)
-        up = accs[1].astype(dtype).astype(jnp.float32)
-        y = ((gate * jax.nn.sigmoid(gate)).astype(dtype).astype(jnp.float32) * up).astype(dtype)
-    store_ok = row_ok if out_ok is None else row_ok & out_ok[None, :]
-    plgpu.store(out_refs[-1].at[rows, pl.ds(first, block_n)], y, mask=store_ok)
-
-
-@functools.partial(jax.jit, static_argnames=("eps", "swiglu", "interpret", "config"))
+@functools.partial(jax.jit, static_argnames=("eps", "swiglu", "gated_input", "interpret", "config"))
 def gpu_matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swiglu: bool = False,
-               interpret: bool = False, config: MatvecConfig = MatvecConfig()):
+               gated_input: bool = False, interpret: bool = False, config: MatvecConfig = MatvecConfig()):
     """Same contract as ``reference``; grid (output tile, row). Meant for one row (M = 1): each row re-reads
     the weight."""
     num_rows, width = x.shape
+    if gated_input:
+        if norm_scale is not None or residual is not None or width % 2:
+            raise ValueError("a gated input is [gate; up] of even width, with no norm or residual before it")
+        width //= 2
     if weight.shape[1] != width or (swiglu and weight.shape[0] % 2):
         raise ValueError(f"weight {weight.shape} does not fit input rows of {width} features"
                          + (" with an even [gate; up] split" if swiglu else ""))
     num_out = weight.shape[0] // 2 if swiglu else weight.shape[0]
     cfg = plan(config, num_out=num_out, width=width, swiglu=swiglu)
     has_norm, has_residual = norm_scale is not None, residual is not None
-    common = dict(eps=eps, width=width, num_out=num_out, block_n=cfg.block_n, block_k=cfg.block_k,
-                  has_norm=has_norm, has_residual=has_residual, swiglu=swiglu)
-    if cfg.mma:
-        if min(cfg.block_n, cfg.block_k) < 16 or num_rows > MMA_MAX_ROWS:
-            raise ValueError(f"a tensor-core matvec takes block_n and block_k >= 16 and at most {MMA_MAX_ROWS} "
-                             f"rows, not {cfg} for {num_rows} rows")
-        kernel, grid = functools.partial(_mma_kernel, num_rows=num_rows, **common), (pl.cdiv(num_out, cfg.block_n),)
-    else:
-        kernel, grid = functools.partial(_kernel, **common), (pl.cdiv(num_out, cfg.block_n), num_rows)
+    kernel = functools.partial(_kernel, eps=eps, width=width, num_out=num_out, block_n=cfg.block_n,
+                               block_k=cfg.block_k, has_norm=has_norm, has_residual=has_residual, swiglu=swiglu,
+                               gated_input=gated_input)
     # Absent operands are passed as x (never read): one kernel signature for every variant.
     operands = (x, residual if has_residual else x, norm_scale if has_norm else x[0], weight)
     out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype)] if has_norm else []) + [
         jax.ShapeDtypeStruct((num_rows, num_out), x.dtype)]
     outputs = pl.pallas_call(
         kernel,
-        grid=grid,
+        grid=(pl.cdiv(num_out, cfg.block_n), num_rows),
         out_shape=out_shape,
         compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=interpret,
@@ -256,15 +186,14 @@ def gpu_matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, 
 
 
 def matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swiglu: bool = False,
-           backend: str | None = None):
+           gated_input: bool = False, backend: str | None = None):
     """The platform's implementation: the Triton kernel on GPUs, ``reference`` elsewhere (or as ``backend``
     says: "reference", "gpu_triton", or "interpret" for the kernel under the Pallas interpreter)."""
     backend = backend or ("gpu_triton" if jax.default_backend() == "gpu" else "reference")
-    kwargs = dict(residual=residual, norm_scale=norm_scale, eps=eps, swiglu=swiglu)
+    kwargs = dict(residual=residual, norm_scale=norm_scale, eps=eps, swiglu=swiglu, gated_input=gated_input)
     if backend == "reference":
         return reference(x, weight, **kwargs)
-    config = MatvecConfig(mma=x.shape[0] > 1)  # the CUDA-core kernel would re-read the weights for each row
-    return gpu_matvec(x, weight, interpret=backend == "interpret", config=config, **kwargs)
+    return gpu_matvec(x, weight, interpret=backend == "interpret", **kwargs)
 
 
 __all__ = ["MatvecConfig", "reference", "gpu_matvec", "matvec", "plan"]
