@@ -9,7 +9,8 @@ call runs it on ``num_layers`` distinct weights (more bytes than the L2 holds), 
   the SwiGLU in XLA.
 µs per projection = the device's busy time during the call (JAX's profiler: every kernel it ran) ÷ layers;
 GB/s counts weight bytes. (Wall-clock time of such a call is dominated by host dispatch.)
-Each kernel output is also checked against the jnp reference. ``--sweep`` times launch configurations.
+Each kernel output is also checked against the jnp reference. ``--sweep`` times launch configurations (the defaults of
+``decode_matvec.plan`` are its winners); ``--only`` limits the run to some projections.
 """
 
 from __future__ import annotations
@@ -39,9 +40,7 @@ def projections(config):
 
 
 def xla_path(x, residual, scale, weight_in_out, *, norm, swiglu, rows_trick=True):
-    """The decoder's code before the matvec kernel: for one row, padded to the two-row GEMM XLA runs best."""
-    num_rows = x.shape[0]
-    rows_trick = rows_trick and num_rows == 1
+    """The decoder's code before the matvec kernel, for one row."""
     if norm:
         _, x = residual_rms_norm(x[None], residual[None], scale, eps=1e-6, rows=2 if rows_trick else None)
         x = x[0]
@@ -51,7 +50,7 @@ def xla_path(x, residual, scale, weight_in_out, *, norm, swiglu, rows_trick=True
     if swiglu:
         gate, up = jnp.split(y, 2, axis=-1)
         y = jax.nn.silu(gate) * up
-    return y[:num_rows]
+    return y[:1]
 
 
 def device_busy_s(fn, *args) -> float:
@@ -66,7 +65,6 @@ def main():
     parser.add_argument("--sweep", action="store_true", help="also time other launch configurations")
     parser.add_argument("--only", nargs="+", choices=["qkv", "o", "gate_up", "down"], help="these projections only")
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--rows", type=int, default=1, help="input rows: 1 for a decode step, 32 for a drafter block")
     parser.add_argument("--interpret", action="store_true", help="CPU smoke run (use with --shapes tiny)")
     args = parser.parse_args()
     for shape in args.shapes:
@@ -83,8 +81,8 @@ def bench_shape(shape, args):
     for name, width, rows, norm, swiglu in projections(config):
         keys = jax.random.split(key, layers + 3)
         weights = [0.02 * jax.random.normal(k, (rows, width), jnp.bfloat16) for k in keys[:layers]]
-        x = jax.random.normal(keys[-1], (args.rows, width), jnp.bfloat16)
-        residual = jax.random.normal(keys[-2], (args.rows, width), jnp.bfloat16)
+        x = jax.random.normal(keys[-1], (1, width), jnp.bfloat16)
+        residual = jax.random.normal(keys[-2], (1, width), jnp.bfloat16)
         scale = 1 + 0.1 * jax.random.normal(keys[-3], (width,), jnp.bfloat16)
         weight_bytes = rows * width * 2
         kw = dict(residual=residual if norm else None, norm_scale=scale if norm else None, swiglu=swiglu)
@@ -98,9 +96,9 @@ def bench_shape(shape, args):
             us = 1e6 * seconds / layers
             return us, weight_bytes / (us * 1e-6) / 1e9
 
-        row, default = {}, None
         if args.only and name not in args.only:
             continue
+        row, default = {}, None
         configs = [dm.MatvecConfig()]
         if args.sweep:
             configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=w)
@@ -118,7 +116,7 @@ def bench_shape(shape, args):
             except Exception as e:  # a launch configuration Triton refuses (registers, shared memory)
                 row[str(cfg)] = {"error": str(e)[:200]}
                 continue
-            planned = dm.plan(cfg, num_out=rows // 2 if swiglu else rows, width=width, swiglu=swiglu)
+            planned = dm.plan(cfg, num_out=rows // 2 if swiglu else rows, width=width, swiglu=swiglu, has_norm=norm)
             row[str(planned)] = {"us": us, "GBps": gbs, "rel_error": error}
             if cfg == configs[0]:
                 default = str(planned)
@@ -138,8 +136,8 @@ def bench_shape(shape, args):
         print(f"{name} [{rows}x{width}]: xla {xla_us:.2f} µs ({xla_gbs:.0f} GB/s); default "
               f"{ok[default]['us'] if default else float('nan'):.2f} µs; best {ok[best]['us']:.2f} µs "
               f"({ok[best]['GBps']:.0f} GB/s, rel err {ok[best]['rel_error']:.1e}) {best}", flush=True)
-    common.write_results(f"matvec_bench_{shape}_rows{args.rows}.json", results)
-    print(f"\n{shape}, {args.rows} rows, device µs per projection | XLA path | kernel (default plan) | best kernel")
+    common.write_results(f"matvec_bench_{shape}.json", results)
+    print(f"\n{shape}, device µs per projection | XLA path | kernel (default plan) | best kernel")
     for name, *times in summary:
         print(f"{name} | " + " | ".join(f"{t:.2f}" for t in times))
     print("layer total | " + " | ".join(f"{sum(r[i] for r in summary):.2f}" for i in range(1, 4)))

@@ -38,12 +38,11 @@ from pallas_kernels.residual_rms_norm import residual_rms_norm
 
 Params = Any  # nested dict of arrays, as produced by Flax
 
-# The projection weights: [in, out] in the stacked layout; in the per-layer one, those of OUT_IN_PROJECTIONS are
-# [out, in] (what the decoding-row kernel reads contiguously), the others [in, out].
+# The projection weights: [in, out] in the stacked layout, [out, in] in the per-layer one.
 PROJECTIONS = ("qkv", "o", "gate_up", "down")
-OUT_IN_PROJECTIONS = PROJECTIONS
 
-# Whether a decoding row's projections run as ``decode_matvec`` kernels: "auto", "on" or "off".
+# Whether a decoding row's projections run as ``decode_matvec`` kernels: "auto", "on", "off", or the ones named
+# ("qkv,o": kernels for those, XLA's dots on the [out, in] weights for the MLP).
 MATVEC_ENV = "FFJAX_MATVEC"
 # "auto" turns them on up to this hidden size. Measured on an H200 (BENCHMARKS.md, issue 2): at the Qwen2.5-1.5B
 # shape (1536) the decode step took 1.434 ms/token with them and 1.501 without; at 7B (3584) 11.4 vs 4.1 ms,
@@ -53,7 +52,7 @@ MATVEC_MAX_HIDDEN = 2048
 
 def matvec_projections(config: ModelConfig) -> tuple[str, ...]:
     """The projections (of ``PROJECTIONS``) a decoding row runs as ``decode_matvec`` kernels, per $FFJAX_MATVEC:
-    auto, on, off, or a comma-separated list of projections. Only those stored [out, in] qualify."""
+    auto, on, off, or a comma-separated list of projections."""
     mode = os.environ.get(MATVEC_ENV, "auto")
     if mode in ("auto", "on", "off"):
         on = mode == "on" or (mode == "auto" and config.hidden_size <= MATVEC_MAX_HIDDEN)
@@ -63,7 +62,7 @@ def matvec_projections(config: ModelConfig) -> tuple[str, ...]:
         if not set(chosen) <= set(PROJECTIONS):
             raise ValueError(f"{MATVEC_ENV} must be auto, on, off or a comma-separated list of {PROJECTIONS}, "
                              f"not {mode!r}")
-    return tuple(p for p in chosen if p in OUT_IN_PROJECTIONS)
+    return chosen
 
 
 def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
@@ -101,12 +100,12 @@ class RMSNorm(nn.Module):
         """(x + delta, RMSNorm(x + delta)); delta None adds nothing. ``rows``: pad the normed output with zero
         rows to that many (see ``gemm_rows``).
 
-        ``then_project`` (a weight [out, in]; x a few rows [B, T, D]): returns (x + delta, the normed row times
+        ``then_project`` (a weight [out, in]; x one row [1, 1, D]): returns (x + delta, the normed row times
         that weight) instead, with the SwiGLU of ``decode_matvec`` if ``swiglu``, in one kernel on GPUs."""
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
         if then_project is not None:
-            # delta may carry GEMM padding rows past the real ones (``gemm_rows``): the kernel reads x's rows only.
-            total, y = matvec(x.reshape(-1, x.shape[-1]), then_project, norm_scale=scale, eps=self.eps, swiglu=swiglu,
+            # delta may carry GEMM padding rows past the real one (``gemm_rows``): the kernel reads row 0 only.
+            total, y = matvec(x.reshape(1, -1), then_project, norm_scale=scale, eps=self.eps, swiglu=swiglu,
                               residual=None if delta is None else delta.reshape(-1, x.shape[-1]))
             return total.reshape(x.shape), y.reshape(*x.shape[:-1], -1)
         return residual_rms_norm(x, delta, scale, eps=self.eps, rows=rows,
@@ -159,11 +158,8 @@ class DecoderLayer(nn.Module):
     out_in: bool = False  # projection weights stored [out, in] (the per-layer layout)
 
     def _weight(self, name, fan_in, fan_out):
-        shape = (fan_out, fan_in) if self._out_in(name) else (fan_in, fan_out)
+        shape = (fan_out, fan_in) if self.out_in else (fan_in, fan_out)
         return self.param(name, _dense_init(fan_in), shape, self.dtype)
-
-    def _out_in(self, name) -> bool:
-        return self.out_in and name in OUT_IN_PROJECTIONS
 
     def _matvec(self, x) -> tuple[str, ...]:
         """The projections that run as ``decode_matvec`` kernels: some, at batch-1 decoding in the per-layer
@@ -186,7 +182,7 @@ class DecoderLayer(nn.Module):
             x, qkv = attn_norm(x, delta, then_project=qkv_weight)
         else:
             x, h = attn_norm(x, delta, gemm_rows(batch, num_tokens))
-            qkv = project(h, qkv_weight, self._out_in("qkv"))
+            qkv = project(h, qkv_weight, self.out_in)
         bias = self.param("qkv_bias", nn.initializers.normal(0.02), (qkv_width,), self.dtype) if c.qkv_bias else None
         qkv = qkv.reshape(batch, qkv.shape[1], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
         if layer_index is None and mask is None:  # per-layer cache: one fused call adds the bias, rotates, appends
@@ -220,23 +216,19 @@ class DecoderLayer(nn.Module):
         kernels, rows = self._matvec(x), gemm_rows(batch, num_tokens)
         attn = attn.reshape(batch, num_tokens, c.q_size)
         if "o" in kernels:
-            attn_out = matvec(attn.reshape(-1, c.q_size), o).reshape(x.shape)
+            attn_out = matvec(attn.reshape(1, c.q_size), o).reshape(x.shape)
         else:
-            attn_out = project(pad_rows(attn, rows), o, self._out_in("o"))
+            attn_out = project(pad_rows(attn, rows), o, self.out_in)
         if "gate_up" in kernels:
             x, activation = mlp_norm(x, attn_out, then_project=gate_up, swiglu=True)
         else:
             x, h = mlp_norm(x, attn_out, rows)
-            gate_and_up = project(h, gate_up, self._out_in("gate_up"))
-            if "down" in kernels:  # the down kernel makes the activation as it reads its input
-                mlp_out = matvec(gate_and_up[:, :num_tokens].reshape(batch * num_tokens, -1), down, gated_input=True)
-                return (x, mlp_out.reshape(x.shape), cache_k, cache_v), None
-            gate, up = jnp.split(gate_and_up, 2, axis=-1)  # padding rows: silu(0) * 0 = 0
+            gate, up = jnp.split(project(h, gate_up, self.out_in), 2, axis=-1)  # padding rows: silu(0) * 0 = 0
             activation = nn.silu(gate) * up
-        if "down" in kernels:
-            mlp_out = matvec(activation.reshape(-1, c.intermediate_size), down).reshape(x.shape)
+        if "down" in kernels:  # row 0: the activation may carry a GEMM padding row (FFJAX_MATVEC without gate_up)
+            mlp_out = matvec(activation[:, 0], down).reshape(x.shape)
         else:
-            mlp_out = project(pad_rows(activation, rows), down, self._out_in("down"))
+            mlp_out = project(pad_rows(activation, rows), down, self.out_in)
         return (x, mlp_out, cache_k, cache_v), None
 
 
@@ -329,7 +321,7 @@ def layout_of(params: Params) -> str:
 
 def _flip_projection(keys, leaf):
     """A projection weight between [in, out] (stacked) and [out, in] (per layer); other leaves unchanged."""
-    return leaf.T if keys[-1] in OUT_IN_PROJECTIONS else leaf
+    return leaf.T if keys[-1] in PROJECTIONS else leaf
 
 
 def unstack_layers(params: Params, *, free_stacked: bool = False) -> Params:
@@ -362,7 +354,7 @@ def stack_layers(params: Params) -> Params:
     out = {k: v for k, v in params.items() if not k.startswith("layer_")}
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[k] for k in names])
     out["layers"] = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.swapaxes(leaf, 1, 2) if path[-1].key in OUT_IN_PROJECTIONS else leaf, stacked)
+        lambda path, leaf: jnp.swapaxes(leaf, 1, 2) if path[-1].key in PROJECTIONS else leaf, stacked)
     return out
 
 

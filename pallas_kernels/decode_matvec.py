@@ -11,9 +11,12 @@ it normalises itself (each program re-reads the row from L2: a few KB). No split
 the norm's residual sum is written by the first program. A layer becomes six kernels: norm+qkv, attention and
 the merge of its KV splits, o, norm+gate_up+SwiGLU, down.
 
-Measured on an H200 (BENCHMARKS.md, issue 2): faster than XLA where its GEMMs are small (1.5B qkv and o: 5 and
-3 µs against 16 and 14), slower where XLA already streams a large weight near full bandwidth (7B), so the
-decoder uses it up to hidden size 2048 (``ffjax.decoder.matvec_projections``).
+Measured on an H200 (BENCHMARKS.md, issue 2): faster than XLA where its GEMMs are small (1.5B qkv and o: 4.1 and
+3.0 µs against 16 and 14), about even at the 1.5B MLP (gate_up 19 µs with its norm and SwiGLU against XLA's
+15-16 µs GEMM plus norm, SwiGLU and split-K kernels), slower where XLA already streams a large weight near full
+bandwidth (7B), so the decoder uses it up to hidden size 2048 (``ffjax.decoder.matvec_projections``). A
+tensor-core variant (the row padded to a 16-column MMA operand, Triton pipelining the weight tiles) measured
+about twice as slow at every 1.5B projection and was dropped (commit ``b49c98b``).
 """
 
 from __future__ import annotations
@@ -31,8 +34,7 @@ from pallas_kernels import residual_rms_norm as rms
 from pallas_kernels.gpu_triton import _next_power_of_two
 
 
-def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swiglu: bool = False,
-              gated_input: bool = False):
+def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swiglu: bool = False):
     """x [M, K]; weight [N, K] (out, in). Returns y [M, N] (N // 2 with ``swiglu``), or (x + residual, y) when
     ``norm_scale`` [K] is given.
 
@@ -40,12 +42,7 @@ def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, s
     ignored, or None), rounded as ``residual_rms_norm.reference`` rounds it. The product accumulates in float32 and is rounded to x's dtype.
     ``swiglu``: the weight is [gate; up] stacked along N, and y = silu(gate) * up of the rounded halves, as the
     decoder's MLP computes it.
-    ``gated_input``: x is [gate; up] [M, 2K] (the MLP's up-projection, not yet activated) and the product's input
-    is silu(gate) * up, computed in x's dtype as the decoder's MLP does; no norm then.
     """
-    if gated_input:
-        gate, up = jnp.split(x, 2, axis=-1)
-        x = jax.nn.silu(gate) * up
     total = None
     if norm_scale is not None:
         residual = None if residual is None else residual[None, :x.shape[0]]
@@ -68,24 +65,34 @@ class MatvecConfig:
     num_stages: int | None = None
 
 
-def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool) -> MatvecConfig:
-    """Fills the ``None`` fields with what was fastest on an H200 at the Qwen2.5-1.5B projections
-    (``benchmarks/matvec_bench.py --sweep``, before the one-chunk-ahead prefetch; BENCHMARKS.md): 4 output
-    features per program (hundreds to thousands of small programs keep every SM's loads in flight), 1024-feature
-    chunks for rows up to 2048 wide, else 2048 (and 2048 for SwiGLU, which reads two weight rows per output),
-    8 warps (4 with SwiGLU), a 3-stage pipeline on short rows. Not tuned for wider models: at the 7B shape the
-    SwiGLU variant ran 5x slower than XLA (310 vs 65 µs), likely from register spills of its four in-flight
-    tiles."""
-    long_rows = swiglu or width > 2048
+def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool, has_norm: bool = False) -> MatvecConfig:
+    """Fills the ``None`` fields with what was fastest on an H200 at each Qwen2.5-1.5B projection
+    (``benchmarks/matvec_bench.py --sweep`` over 2-8 output features, 512-2048-feature chunks and 2-8 warps per
+    program; BENCHMARKS.md, issue 2), with a few output features per program (hundreds to thousands of small
+    programs keep every SM's loads in flight):
+
+    * rows up to 2048 wide: the whole row in one chunk, so a program requests all its weights at once; with the
+      norm (qkv) 4 features on 2 warps, without it (o) 2 on 8 warps; with SwiGLU (gate_up, two weight rows per
+      output) 2 features, 512-feature chunks, 2 warps;
+    * wider rows (down): 4 features, 1024-feature chunks, 8 warps, no pipelining.
+
+    Not tuned for wider models: at the 7B shape the SwiGLU variant ran 5x slower than XLA (310 vs 65 µs)."""
+    short = width <= 2048
+    if short and swiglu:
+        block_n, block_k, num_warps = 2, 512, 2
+    elif short:
+        block_n, block_k, num_warps = (4, 2048, 2) if has_norm else (2, 2048, 8)
+    else:
+        block_n, block_k, num_warps = 4, 2048 if swiglu else 1024, 4 if swiglu else 8
     return MatvecConfig(
-        block_n=config.block_n or 4,
-        block_k=config.block_k or min(2048 if long_rows else 1024, _next_power_of_two(width)),
-        num_warps=config.num_warps or (4 if swiglu else 8),
-        num_stages=config.num_stages or (3 if width <= 2048 else 1))
+        block_n=config.block_n or block_n,
+        block_k=config.block_k or min(block_k, _next_power_of_two(width)),
+        num_warps=config.num_warps or num_warps,
+        num_stages=config.num_stages or (3 if short else 1))
 
 
 def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_out, block_n, block_k, has_norm,
-            has_residual, swiglu, gated_input):
+            has_residual, swiglu):
     tile, row = pl.program_id(0), pl.program_id(1)
     num_chunks = pl.cdiv(width, block_k)
     first = tile * block_n
@@ -96,10 +103,6 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
         """The product's input over features [i * block_k, +block_k) before the norm, rounded to the dtype."""
         ok = i * block_k + jnp.arange(block_k, dtype=jnp.int32) < width
         x = plgpu.load(x_ref.at[row, pl.ds(i * block_k, block_k)], mask=ok, other=0)
-        if gated_input:  # x holds [gate; up]: the activation is made here, as the decoder's MLP makes it
-            up = plgpu.load(x_ref.at[row, pl.ds(width + i * block_k, block_k)], mask=ok, other=0)
-            gate = x.astype(jnp.float32)
-            x = ((gate * jax.nn.sigmoid(gate)).astype(dtype) * up).astype(dtype)
         if has_residual:
             x = (x.astype(jnp.float32) + plgpu.load(residual_ref.at[row, pl.ds(i * block_k, block_k)], mask=ok,
                                                     other=0).astype(jnp.float32)).astype(dtype)
@@ -151,25 +154,20 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
     plgpu.store(out_refs[-1].at[row, pl.ds(first, block_n)], y, mask=out_ok)
 
 
-@functools.partial(jax.jit, static_argnames=("eps", "swiglu", "gated_input", "interpret", "config"))
+@functools.partial(jax.jit, static_argnames=("eps", "swiglu", "interpret", "config"))
 def gpu_matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swiglu: bool = False,
-               gated_input: bool = False, interpret: bool = False, config: MatvecConfig = MatvecConfig()):
+               interpret: bool = False, config: MatvecConfig = MatvecConfig()):
     """Same contract as ``reference``; grid (output tile, row). Meant for one row (M = 1): each row re-reads
     the weight."""
     num_rows, width = x.shape
-    if gated_input:
-        if norm_scale is not None or residual is not None or width % 2:
-            raise ValueError("a gated input is [gate; up] of even width, with no norm or residual before it")
-        width //= 2
     if weight.shape[1] != width or (swiglu and weight.shape[0] % 2):
         raise ValueError(f"weight {weight.shape} does not fit input rows of {width} features"
                          + (" with an even [gate; up] split" if swiglu else ""))
     num_out = weight.shape[0] // 2 if swiglu else weight.shape[0]
-    cfg = plan(config, num_out=num_out, width=width, swiglu=swiglu)
     has_norm, has_residual = norm_scale is not None, residual is not None
+    cfg = plan(config, num_out=num_out, width=width, swiglu=swiglu, has_norm=has_norm)
     kernel = functools.partial(_kernel, eps=eps, width=width, num_out=num_out, block_n=cfg.block_n,
-                               block_k=cfg.block_k, has_norm=has_norm, has_residual=has_residual, swiglu=swiglu,
-                               gated_input=gated_input)
+                               block_k=cfg.block_k, has_norm=has_norm, has_residual=has_residual, swiglu=swiglu)
     # Absent operands are passed as x (never read): one kernel signature for every variant.
     operands = (x, residual if has_residual else x, norm_scale if has_norm else x[0], weight)
     out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype)] if has_norm else []) + [
@@ -186,11 +184,11 @@ def gpu_matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, 
 
 
 def matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swiglu: bool = False,
-           gated_input: bool = False, backend: str | None = None):
+           backend: str | None = None):
     """The platform's implementation: the Triton kernel on GPUs, ``reference`` elsewhere (or as ``backend``
     says: "reference", "gpu_triton", or "interpret" for the kernel under the Pallas interpreter)."""
     backend = backend or ("gpu_triton" if jax.default_backend() == "gpu" else "reference")
-    kwargs = dict(residual=residual, norm_scale=norm_scale, eps=eps, swiglu=swiglu, gated_input=gated_input)
+    kwargs = dict(residual=residual, norm_scale=norm_scale, eps=eps, swiglu=swiglu)
     if backend == "reference":
         return reference(x, weight, **kwargs)
     return gpu_matvec(x, weight, interpret=backend == "interpret", **kwargs)
