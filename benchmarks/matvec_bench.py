@@ -132,7 +132,7 @@ def bench_shape(shape, args):
         best = min(ok, key=lambda k: ok[k]["us"])
         results["projections"][name] = {"K": width, "N": rows, "xla_us": xla_us, "xla_GBps": xla_gbs,
                                         "configs": row, "best": best, "default": default}
-        summary.append((name, xla_us, ok[default]["us"] if default in ok else float("nan"), ok[best]["us"]))
+        summary.append((name, xla_us, ok[default]["us"] if default else float("nan"), ok[best]["us"]))
         print(f"{name} [{rows}x{width}]: xla {xla_us:.2f} µs ({xla_gbs:.0f} GB/s); default "
               f"{ok[default]['us'] if default else float('nan'):.2f} µs; best {ok[best]['us']:.2f} µs "
               f"({ok[best]['GBps']:.0f} GB/s, rel err {ok[best]['rel_error']:.1e}) {best}", flush=True)
