@@ -164,3 +164,18 @@ def test_default_dispatch_falls_back_where_the_gpu_kernel_cannot_take_the_head_d
         want = reference.append_attention(*args, num_q_heads=2, qkv_bias=qkv_bias)
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g, w)
+
+
+def test_short_caches_get_one_pipeline_stage_and_long_ones_keep_the_32k_plan():
+    from pallas_kernels.gpu_append_attention import plan_fused
+    from pallas_kernels.gpu_triton import TritonConfig, plan
+
+    shape = dict(batch=1, num_kv_heads=2, head_dim=128, itemsize=2, sm_count=132)
+    decode = plan_fused(TritonConfig(), num_rows=8, num_keys=1152, **shape)
+    assert (decode.block_k, decode.num_stages, decode.num_warps) == (32, 1, 4)
+    assert decode.num_splits == 1152 // 32  # one key tile per program
+    block = plan_fused(TritonConfig(), num_rows=256, num_keys=1152, **shape)
+    assert (block.block_m, block.num_stages) == (64, 1)
+    assert plan_fused(TritonConfig(num_stages=3), num_rows=256, num_keys=1152, **shape).num_stages == 3
+    long_cache = dict(num_rows=256, num_keys=32768, **shape)
+    assert plan_fused(TritonConfig(), **long_cache) == plan(TritonConfig(), **long_cache)
