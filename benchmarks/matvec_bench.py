@@ -10,7 +10,8 @@ call runs it on ``num_layers`` distinct weights (more bytes than the L2 holds), 
 µs per projection = the device's busy time during the call (JAX's profiler: every kernel it ran) ÷ layers;
 GB/s counts weight bytes. (Wall-clock time of such a call is dominated by host dispatch.)
 Each kernel output is also checked against the jnp reference. ``--sweep`` times launch configurations (the defaults of
-``decode_matvec.plan`` are its winners); ``--only`` limits the run to some projections.
+``decode_matvec.plan`` are its winners); ``--unrolled`` times
+the variant that requests all of a program's weights at once; ``--only`` limits the run to some projections.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", nargs="+", default=["qwen2.5-1.5b"])
     parser.add_argument("--sweep", action="store_true", help="also time other launch configurations")
+    parser.add_argument("--unrolled", action="store_true",
+                        help="also time the unrolled variant (MatvecConfig.unroll) over tile shapes and warps")
     parser.add_argument("--only", nargs="+", choices=["qkv", "o", "gate_up", "down"], help="these projections only")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--interpret", action="store_true", help="CPU smoke run (use with --shapes tiny)")
@@ -103,6 +106,11 @@ def bench_shape(shape, args):
         if args.sweep:
             configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=w)
                         for n, k, w in itertools.product([2, 4, 8], [512, 1024, 2048], [2, 4, 8])]
+        if args.unrolled:
+            block_ns = [2, 4, 8] if not swiglu else [1, 2, 4, 8]
+            block_ks = [512, 2048] if width <= 2048 and not swiglu else [256, 512] if swiglu else [256, 512, 1024]
+            configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=w, unroll=True)
+                        for n, k, w in itertools.product(block_ns, block_ks, [2, 4, 8])]
         for cfg in configs:
             fn = functools.partial(dm.gpu_matvec, x, config=cfg, interpret=args.interpret, **kw)
             try:

@@ -60,98 +60,144 @@ class MatvecConfig:
     """Launch parameters; ``None`` fields are chosen by ``plan`` from the shapes."""
 
     block_n: int | None = None  # output features per program
-    block_k: int | None = None  # input features per loop step
+    block_k: int | None = None  # input features per chunk
     num_warps: int | None = None
     num_stages: int | None = None
+    unroll: bool | None = None  # all of a program's weight chunks requested at once, the input row read once
 
 
 def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool, has_norm: bool = False) -> MatvecConfig:
     """Fills the ``None`` fields with what was fastest on an H200 at each Qwen2.5-1.5B projection
     (``benchmarks/matvec_bench.py --sweep`` over 2-8 output features, 512-2048-feature chunks and 2-8 warps per
-    program; BENCHMARKS.md, issue 2), with a few output features per program (hundreds to thousands of small
-    programs keep every SM's loads in flight):
+    program, and ``--unrolled``; BENCHMARKS.md, issue 2), with a few output features per program (hundreds to
+    thousands of small programs keep every SM's loads in flight):
 
-    * rows up to 2048 wide: the whole row in one chunk, so a program requests all its weights at once; with the
-      norm (qkv) 4 features on 2 warps, without it (o) 2 on 8 warps; with SwiGLU (gate_up, two weight rows per
-      output) 2 features, 512-feature chunks, 2 warps;
-    * wider rows (down): 4 features, 1024-feature chunks, 8 warps, no pipelining.
+    * rows up to 2048 wide: unrolled, so a program requests all its weights at once and reads the input row
+      once; with the norm (qkv) and with SwiGLU (gate_up, two weight rows per output) 4 features in 512-feature
+      chunks on 2 warps, without either (o) 2 features in one chunk on 8 warps;
+    * wider rows (down): a loop over 1024-feature chunks, 4 features, 8 warps, no pipelining (unrolling its 9
+      chunks was slower).
 
     Not tuned for wider models: at the 7B shape the SwiGLU variant ran 5x slower than XLA (310 vs 65 µs)."""
     short = width <= 2048
-    if short and swiglu:
-        block_n, block_k, num_warps = 2, 512, 2
+    if short and (swiglu or has_norm):
+        block_n, block_k, num_warps = 4, 512, 2
     elif short:
-        block_n, block_k, num_warps = (4, 2048, 2) if has_norm else (2, 2048, 8)
+        block_n, block_k, num_warps = 2, 2048, 8
     else:
         block_n, block_k, num_warps = 4, 2048 if swiglu else 1024, 4 if swiglu else 8
     return MatvecConfig(
         block_n=config.block_n or block_n,
         block_k=config.block_k or min(block_k, _next_power_of_two(width)),
         num_warps=config.num_warps or num_warps,
-        num_stages=config.num_stages or (3 if short else 1))
+        num_stages=config.num_stages or (3 if short else 1),
+        unroll=short if config.unroll is None else config.unroll)
 
 
 def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_out, block_n, block_k, has_norm,
-            has_residual, swiglu):
+            has_residual, swiglu, unroll):
     tile, row = pl.program_id(0), pl.program_id(1)
     num_chunks = pl.cdiv(width, block_k)
     first = tile * block_n
-    out_ok = first + jnp.arange(block_n, dtype=jnp.int32) < num_out
+    out_ok = None if num_out % block_n == 0 else first + jnp.arange(block_n, dtype=jnp.int32) < num_out
     dtype = x_ref.dtype
+
+    def chunk_ok(i):
+        """Which of chunk i's features lie inside the row; None where all do (known when i is static), so the
+        loads carry no mask."""
+        if isinstance(i, int) and (i + 1) * block_k <= width:
+            return None
+        return i * block_k + jnp.arange(block_k, dtype=jnp.int32) < width
+
+    def chunk_start(i):
+        # A partial chunk's slice runs past the row (masked), which Pallas refuses for a static start.
+        return i * block_k if chunk_ok(i) is None else row * 0 + i * block_k
+
+    def load(ref, mask):
+        return plgpu.load(ref) if mask is None else plgpu.load(ref, mask=mask, other=0)
 
     def input_chunk(i):
         """The product's input over features [i * block_k, +block_k) before the norm, rounded to the dtype."""
-        ok = i * block_k + jnp.arange(block_k, dtype=jnp.int32) < width
-        x = plgpu.load(x_ref.at[row, pl.ds(i * block_k, block_k)], mask=ok, other=0)
+        ok = chunk_ok(i)
+        x = load(x_ref.at[row, pl.ds(chunk_start(i), block_k)], ok)
         if has_residual:
-            x = (x.astype(jnp.float32) + plgpu.load(residual_ref.at[row, pl.ds(i * block_k, block_k)], mask=ok,
-                                                    other=0).astype(jnp.float32)).astype(dtype)
+            residual = load(residual_ref.at[row, pl.ds(chunk_start(i), block_k)], ok)
+            x = (x.astype(jnp.float32) + residual.astype(jnp.float32)).astype(dtype)
         return x, ok
 
     def weight_chunk(i):
         """The program's weight rows (gate and up rows with SwiGLU) over features [i * block_k, +block_k), kept
         in the weight's dtype; past the last chunk everything is masked (no memory traffic)."""
-        ok = (i * block_k + jnp.arange(block_k, dtype=jnp.int32)) < width
-        mask = out_ok[:, None] & ok[None, :]
+        ok = chunk_ok(i)
+        masks = [m for m in (None if out_ok is None else out_ok[:, None], None if ok is None else ok[None, :])
+                 if m is not None]
+        mask = None if not masks else jnp.broadcast_to(functools.reduce(jnp.logical_and, masks),
+                                                        (block_n, block_k))
         firsts = (first, num_out + first) if swiglu else (first,)
-        return tuple(plgpu.load(w_ref.at[pl.ds(f, block_n), pl.ds(i * block_k, block_k)], mask=mask, other=0)
-                     for f in firsts)
+        return tuple(load(w_ref.at[pl.ds(f, block_n), pl.ds(chunk_start(i), block_k)], mask) for f in firsts)
 
-    # The first weight chunk is requested before anything else: its HBM latency overlaps the norm's pass over
-    # the input row (an L2 read), and each step requests the next chunk before reducing the current one.
-    upcoming = weight_chunk(0)
+    def store_total(i, x, ok):
+        @pl.when(tile == 0)  # the residual sum, written once
+        def _():
+            total = out_refs[0].at[row, pl.ds(chunk_start(i), block_k)]
+            plgpu.store(total, x) if ok is None else plgpu.store(total, x, mask=ok)
 
-    inv_rms = None
-    if has_norm:
-        total_ref = out_refs[0]
+    def squares(x):
+        x32 = x.astype(jnp.float32)
+        return jnp.sum(x32 * x32)
 
-        def sum_of_squares(i, acc):
-            x, ok = input_chunk(i)
-            plgpu.store(total_ref.at[row, pl.ds(i * block_k, block_k)], x, mask=ok & (tile == 0))
-            x32 = x.astype(jnp.float32)
-            return acc + jnp.sum(x32 * x32)
-
-        inv_rms = lax.rsqrt(lax.fori_loop(0, num_chunks, sum_of_squares, jnp.float32(0.0)) / width + eps)
-
-    def step(i, carry):
-        accs, current = carry
-        upcoming = weight_chunk(i + 1)
-        x, ok = input_chunk(i)
+    def product_input(i, x, ok, inv_rms):
+        """The normalised input chunk as float32 [1, block_k]."""
         if has_norm:
-            scale = plgpu.load(scale_ref.at[pl.ds(i * block_k, block_k)], mask=ok, other=0).astype(jnp.float32)
+            scale = load(scale_ref.at[pl.ds(chunk_start(i), block_k)], ok).astype(jnp.float32)
             x = (scale * (x.astype(jnp.float32) * inv_rms).astype(dtype).astype(jnp.float32)).astype(dtype)
-        x = x.astype(jnp.float32)[None, :]
-        accs = tuple(acc + w.astype(jnp.float32) * x for acc, w in zip(accs, current))
-        return accs, upcoming
+        return x.astype(jnp.float32)[None, :]
 
-    zeros = tuple(jnp.zeros((block_n, block_k), jnp.float32) for _ in upcoming)
-    accs, _ = lax.fori_loop(0, num_chunks, step, (zeros, upcoming))
+    def accumulate(accs, weights, x):
+        return tuple(acc + w.astype(jnp.float32) * x for acc, w in zip(accs, weights))
+
+    zeros = tuple(jnp.zeros((block_n, block_k), jnp.float32) for _ in range(2 if swiglu else 1))
+    if unroll:
+        # Every weight chunk is requested before anything else, so a program has its whole share in flight at
+        # once; the input row is read once and kept.
+        chunks = range(num_chunks)
+        weights = [weight_chunk(i) for i in chunks]
+        inputs = [input_chunk(i) for i in chunks]
+        inv_rms = None
+        if has_norm:
+            for i, (x, ok) in enumerate(inputs):
+                store_total(i, x, ok)
+            inv_rms = lax.rsqrt(sum(squares(x) for x, _ in inputs) / width + eps)
+        accs = zeros
+        for i, (x, ok) in enumerate(inputs):
+            accs = accumulate(accs, weights[i], product_input(i, x, ok, inv_rms))
+    else:
+        # The first weight chunk is requested before anything else: its HBM latency overlaps the norm's pass
+        # over the input row (an L2 read), and each step requests the next chunk before reducing the current one.
+        upcoming = weight_chunk(0)
+        inv_rms = None
+        if has_norm:
+            def sum_of_squares(i, acc):
+                x, ok = input_chunk(i)
+                store_total(i, x, ok)
+                return acc + squares(x)
+
+            inv_rms = lax.rsqrt(lax.fori_loop(0, num_chunks, sum_of_squares, jnp.float32(0.0)) / width + eps)
+
+        def step(i, carry):
+            accs, current = carry
+            upcoming = weight_chunk(i + 1)
+            x, ok = input_chunk(i)
+            return accumulate(accs, current, product_input(i, x, ok, inv_rms)), upcoming
+
+        accs, _ = lax.fori_loop(0, num_chunks, step, (zeros, upcoming))
     y = jnp.sum(accs[0], axis=1).astype(dtype)
     if swiglu:
         gate = y.astype(jnp.float32)
         up = jnp.sum(accs[1], axis=1).astype(dtype).astype(jnp.float32)
         y = ((gate * jax.nn.sigmoid(gate)).astype(dtype).astype(jnp.float32) * up).astype(dtype)
-    plgpu.store(out_refs[-1].at[row, pl.ds(first, block_n)], y, mask=out_ok)
+    out = out_refs[-1].at[row, pl.ds(first, block_n)]
+    plgpu.store(out, y) if out_ok is None else plgpu.store(out, y, mask=out_ok)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "swiglu", "interpret", "config"))
@@ -167,7 +213,8 @@ def gpu_matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, 
     has_norm, has_residual = norm_scale is not None, residual is not None
     cfg = plan(config, num_out=num_out, width=width, swiglu=swiglu, has_norm=has_norm)
     kernel = functools.partial(_kernel, eps=eps, width=width, num_out=num_out, block_n=cfg.block_n,
-                               block_k=cfg.block_k, has_norm=has_norm, has_residual=has_residual, swiglu=swiglu)
+                               block_k=cfg.block_k, has_norm=has_norm, has_residual=has_residual, swiglu=swiglu,
+                               unroll=cfg.unroll)
     # Absent operands are passed as x (never read): one kernel signature for every variant.
     operands = (x, residual if has_residual else x, norm_scale if has_norm else x[0], weight)
     out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype)] if has_norm else []) + [

@@ -46,12 +46,14 @@ CASES = [  # rows, width, num_out, norm, residual, swiglu
 ]
 
 
+@pytest.mark.parametrize("unroll", [False, True], ids=["chunk_loop", "unrolled"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("rows,width,num_out,norm,residual,swiglu", CASES)
-def test_kernel_matches_reference(rows, width, num_out, norm, residual, swiglu, dtype):
+def test_kernel_matches_reference(rows, width, num_out, norm, residual, swiglu, dtype, unroll):
     x, weight, extra = inputs(1, rows, width, num_out, dtype=dtype, norm=norm, residual=residual, swiglu=swiglu)
     expected = as_tuple(dm.reference(x, weight, **extra))
-    got = as_tuple(dm.gpu_matvec(x, weight, interpret=True, config=dm.MatvecConfig(block_k=512), **extra))
+    got = as_tuple(dm.gpu_matvec(x, weight, interpret=True, config=dm.MatvecConfig(block_k=512, unroll=unroll),
+                                 **extra))
     assert [g.shape for g in got] == [e.shape for e in expected]
     assert all(g.dtype == dtype for g in got)
     # float32: summation order only. bf16: the output is rounded to 8 bits, so one unit in its last place.
@@ -62,11 +64,11 @@ def test_kernel_matches_reference(rows, width, num_out, norm, residual, swiglu, 
 
 @settings(max_examples=8, deadline=None)
 @given(width=st.integers(1, 700), num_out=st.integers(1, 70), block_n=st.sampled_from([2, 4, 8]),
-       block_k=st.sampled_from([64, 128, 256]), norm=st.booleans(), swiglu=st.booleans())
-def test_kernel_matches_reference_for_any_shape_and_tiling(width, num_out, block_n, block_k, norm, swiglu):
+       block_k=st.sampled_from([64, 128, 256]), norm=st.booleans(), swiglu=st.booleans(), unroll=st.booleans())
+def test_kernel_matches_reference_for_any_shape_and_tiling(width, num_out, block_n, block_k, norm, swiglu, unroll):
     x, weight, extra = inputs(width, 1, width, num_out, dtype=jnp.float32, norm=norm, residual=norm,
                               swiglu=swiglu)
-    config = dm.MatvecConfig(block_n=block_n, block_k=block_k)
+    config = dm.MatvecConfig(block_n=block_n, block_k=block_k, unroll=unroll)
     got = as_tuple(dm.gpu_matvec(x, weight, interpret=True, config=config, **extra))
     for g, e in zip(got, as_tuple(dm.reference(x, weight, **extra))):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
