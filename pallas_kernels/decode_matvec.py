@@ -11,8 +11,8 @@ it normalises itself (each program re-reads the row from L2: a few KB). No split
 the norm's residual sum is written by the first program. A layer becomes six kernels: norm+qkv, attention and
 the merge of its KV splits, o, norm+gate_up+SwiGLU, down.
 
-Measured on an H200 (BENCHMARKS.md, issue 2): faster than XLA where its GEMMs are small (1.5B qkv and o: 4.1 and
-3.0 µs against 16 and 14), about even at the 1.5B MLP (gate_up 19 µs with its norm and SwiGLU against XLA's
+Measured on an H200 (BENCHMARKS.md, issue 2): faster than XLA where its GEMMs are small (1.5B qkv and o: 3.9 and
+3.0 µs against 16 and 14), about even at the 1.5B MLP (gate_up 18 µs with its norm and SwiGLU against XLA's
 15-16 µs GEMM plus norm, SwiGLU and split-K kernels), slower where XLA already streams a large weight near full
 bandwidth (7B), so the decoder uses it up to hidden size 2048 (``ffjax.decoder.matvec_projections``). A
 tensor-core variant (the row padded to a 16-column MMA operand, Triton pipelining the weight tiles) measured
