@@ -66,6 +66,8 @@ def main():
     parser.add_argument("--sweep", action="store_true", help="also time other launch configurations")
     parser.add_argument("--unrolled", action="store_true",
                         help="also time the unrolled variant (MatvecConfig.unroll) over tile shapes and warps")
+    parser.add_argument("--hints", action="store_true",
+                        help="also time the default plan with an eviction policy on the weight loads, and on 1 warp")
     parser.add_argument("--only", nargs="+", choices=["qkv", "o", "gate_up", "down"], help="these projections only")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--interpret", action="store_true", help="CPU smoke run (use with --shapes tiny)")
@@ -111,6 +113,9 @@ def bench_shape(shape, args):
             block_ks = [512, 2048] if width <= 2048 and not swiglu else [256, 512] if swiglu else [256, 512, 1024]
             configs += [dm.MatvecConfig(block_n=n, block_k=k, num_warps=w, unroll=True)
                         for n, k, w in itertools.product(block_ns, block_ks, [2, 4, 8])]
+        if args.hints:
+            configs += [dm.MatvecConfig(weight_eviction="evict_first"), dm.MatvecConfig(weight_eviction="evict_last"),
+                        dm.MatvecConfig(num_warps=1), dm.MatvecConfig(num_warps=1, weight_eviction="evict_first")]
         for cfg in configs:
             fn = functools.partial(dm.gpu_matvec, x, config=cfg, interpret=args.interpret, **kw)
             try:

@@ -64,6 +64,7 @@ class MatvecConfig:
     num_warps: int | None = None
     num_stages: int | None = None
     unroll: bool | None = None  # all of a program's weight chunks requested at once, the input row read once
+    weight_eviction: str | None = None  # Triton's eviction policy for the weight loads (read once), e.g. "evict_first"
 
 
 def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool, has_norm: bool = False) -> MatvecConfig:
@@ -91,11 +92,11 @@ def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool, has_no
         block_k=config.block_k or min(block_k, _next_power_of_two(width)),
         num_warps=config.num_warps or num_warps,
         num_stages=config.num_stages or (3 if short else 1),
-        unroll=short if config.unroll is None else config.unroll)
+        unroll=short if config.unroll is None else config.unroll, weight_eviction=config.weight_eviction)
 
 
 def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_out, block_n, block_k, has_norm,
-            has_residual, swiglu, unroll):
+            has_residual, swiglu, unroll, weight_eviction):
     tile, row = pl.program_id(0), pl.program_id(1)
     num_chunks = pl.cdiv(width, block_k)
     first = tile * block_n
@@ -113,8 +114,8 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
         # A partial chunk's slice runs past the row (masked), which Pallas refuses for a static start.
         return i * block_k if chunk_ok(i) is None else row * 0 + i * block_k
 
-    def load(ref, mask):
-        return plgpu.load(ref) if mask is None else plgpu.load(ref, mask=mask, other=0)
+    def load(ref, mask, **hints):
+        return plgpu.load(ref, **hints) if mask is None else plgpu.load(ref, mask=mask, other=0, **hints)
 
     def input_chunk(i):
         """The product's input over features [i * block_k, +block_k) before the norm, rounded to the dtype."""
@@ -134,7 +135,8 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
         mask = None if not masks else jnp.broadcast_to(functools.reduce(jnp.logical_and, masks),
                                                         (block_n, block_k))
         firsts = (first, num_out + first) if swiglu else (first,)
-        return tuple(load(w_ref.at[pl.ds(f, block_n), pl.ds(chunk_start(i), block_k)], mask) for f in firsts)
+        return tuple(load(w_ref.at[pl.ds(f, block_n), pl.ds(chunk_start(i), block_k)], mask,
+                          eviction_policy=weight_eviction) for f in firsts)
 
     def store_total(i, x, ok):
         @pl.when(tile == 0)  # the residual sum, written once
@@ -214,7 +216,7 @@ def gpu_matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, 
     cfg = plan(config, num_out=num_out, width=width, swiglu=swiglu, has_norm=has_norm)
     kernel = functools.partial(_kernel, eps=eps, width=width, num_out=num_out, block_n=cfg.block_n,
                                block_k=cfg.block_k, has_norm=has_norm, has_residual=has_residual, swiglu=swiglu,
-                               unroll=cfg.unroll)
+                               unroll=cfg.unroll, weight_eviction=cfg.weight_eviction)
     # Absent operands are passed as x (never read): one kernel signature for every variant.
     operands = (x, residual if has_residual else x, norm_scale if has_norm else x[0], weight)
     out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype)] if has_norm else []) + [
