@@ -117,6 +117,12 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
     def load(ref, mask, **hints):
         return plgpu.load(ref, **hints) if mask is None else plgpu.load(ref, mask=mask, other=0, **hints)
 
+    def store(ref, value, mask):
+        if mask is None:
+            plgpu.store(ref, value)
+        else:
+            plgpu.store(ref, value, mask=mask)
+
     def input_chunk(i):
         """The product's input over features [i * block_k, +block_k) before the norm, rounded to the dtype."""
         ok = chunk_ok(i)
@@ -141,8 +147,7 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
     def store_total(i, x, ok):
         @pl.when(tile == 0)  # the residual sum, written once
         def _():
-            total = out_refs[0].at[row, pl.ds(chunk_start(i), block_k)]
-            plgpu.store(total, x) if ok is None else plgpu.store(total, x, mask=ok)
+            store(out_refs[0].at[row, pl.ds(chunk_start(i), block_k)], x, ok)
 
     def squares(x):
         x32 = x.astype(jnp.float32)
@@ -198,8 +203,7 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
         gate = y.astype(jnp.float32)
         up = jnp.sum(accs[1], axis=1).astype(dtype).astype(jnp.float32)
         y = ((gate * jax.nn.sigmoid(gate)).astype(dtype).astype(jnp.float32) * up).astype(dtype)
-    out = out_refs[-1].at[row, pl.ds(first, block_n)]
-    plgpu.store(out, y) if out_ok is None else plgpu.store(out, y, mask=out_ok)
+    store(out_refs[-1].at[row, pl.ds(first, block_n)], y, out_ok)
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "swiglu", "interpret", "config"))
