@@ -103,16 +103,17 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
     out_ok = None if num_out % block_n == 0 else first + jnp.arange(block_n, dtype=jnp.int32) < num_out
     dtype = x_ref.dtype
 
+    def whole(i):
+        """Chunk i lies inside the row (known only when i is static)."""
+        return isinstance(i, int) and (i + 1) * block_k <= width
+
     def chunk_ok(i):
-        """Which of chunk i's features lie inside the row; None where all do (known when i is static), so the
-        loads carry no mask."""
-        if isinstance(i, int) and (i + 1) * block_k <= width:
-            return None
-        return i * block_k + jnp.arange(block_k, dtype=jnp.int32) < width
+        """Which of chunk i's features lie inside the row; None for a whole chunk, so its loads carry no mask."""
+        return None if whole(i) else i * block_k + jnp.arange(block_k, dtype=jnp.int32) < width
 
     def chunk_start(i):
-        # A partial chunk's slice runs past the row (masked), which Pallas refuses for a static start.
-        return i * block_k if chunk_ok(i) is None else row * 0 + i * block_k
+        # A static partial chunk's slice runs past the row (masked), which Pallas refuses for a static start.
+        return row * 0 + i * block_k if isinstance(i, int) and not whole(i) else i * block_k
 
     def load(ref, mask, **hints):
         return plgpu.load(ref, **hints) if mask is None else plgpu.load(ref, mask=mask, other=0, **hints)
