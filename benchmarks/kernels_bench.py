@@ -7,8 +7,8 @@ What is measured, per shape (batch 1, bf16, head_dim 128, the block of Tq querie
 - time per attention call. Each timed dispatch runs the op on several independent input sets in a row (one
   jit), so launch overhead is amortised and, from 4k keys on, the sets together overflow the 50 MB L2: the K/V
   come from HBM as they would inside a model. Median over repeats.
-- achieved bytes/s = (visible K+V bytes + Q + O bytes) / time, against the read bandwidth of a large reduction
-  measured in the same run; and the floor max(bytes / bandwidth, flops / measured bf16 matmul rate), because
+- achieved bytes/s = (visible K+V bytes + Q + O bytes) / time, against the read bandwidth measured in the same
+  run (the fastest of several large reads, ``common.measured_read_bandwidth``); and the floor max(bytes / bandwidth, flops / measured bf16 matmul rate), because
   with 6-7 query heads per KV head and Tq >= 32 the tile is as much arithmetic as it is reading.
 - cuDNN (``jax.nn.dot_product_attention(implementation="cudnn")``) cannot express a causal or block-causal mask
   whose diagonal is offset by q_start; it runs with only the kv_len padding mask, i.e. the whole prefix visible
@@ -24,13 +24,13 @@ import json
 import math
 import os
 import sys
-import time
 import traceback
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from pallas_kernels import gpu_triton, reference
 from pallas_kernels.query_rows import visible_key_end
 
@@ -39,38 +39,12 @@ HEAD_DIM = 128
 L2_BYTES = 50 << 20
 
 
-def measure_read_bandwidth(num_bytes=4 << 30):
-    """Bytes/s of a column sum over a random bf16 array much larger than L2 (each byte read once)."""
-    x = jax.random.normal(jax.random.key(0), (num_bytes // 2 // 8192, 8192), jnp.bfloat16)
-    total = jax.jit(lambda a: jnp.sum(a, axis=0, dtype=jnp.float32))
-    seconds = time_dispatches(lambda: total(x), repeats=10)
-    del x
-    return num_bytes / seconds
-
-
 def measure_matmul_rate(n=8192):
     """bf16 FLOP/s of an n^3 product on random operands."""
     a = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
     b = jax.random.normal(jax.random.key(2), (n, n), jnp.bfloat16)
     product = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.bfloat16))
-    return 2 * n ** 3 / time_dispatches(lambda: product(a, b), repeats=10)
-
-
-def time_dispatches(run, repeats=5, min_seconds=0.03):
-    """Median seconds per call of ``run`` (returns device arrays), timed over back-to-back dispatches."""
-    jax.block_until_ready(run())
-    start = time.perf_counter()
-    jax.block_until_ready(run())
-    once = time.perf_counter() - start
-    calls = max(1, min(200, math.ceil(min_seconds / max(once, 1e-6))))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            out = run()
-        jax.block_until_ready(out)
-        samples.append((time.perf_counter() - start) / calls)
-    return float(np.median(samples))
+    return 2 * n ** 3 / common.time_back_to_back(lambda: product(a, b), repeats=10)
 
 
 def visible_pairs(num_queries, q_start, kv_len, block_size):
@@ -148,7 +122,7 @@ def bench_shape(layout, ctx, num_queries, block_size, bandwidth, matmul_rate, im
             row["config"] = repr(gpu_triton.describe(sets[0][0].shape, sets[0][1].shape, jnp.bfloat16, config))
         try:
             many = jax.jit(lambda all_sets, op=op: tuple(op(q, k, v, q_start, kv_len) for q, k, v in all_sets))
-            seconds = time_dispatches(lambda: many(sets)) / num_sets
+            seconds = common.time_back_to_back(lambda: many(sets)) / num_sets
             row.update(us=seconds * 1e6, bytes_per_s=needed_bytes / seconds,
                        pct_read_bw=100 * needed_bytes / seconds / bandwidth,
                        tflops=flops / seconds / 1e12, pct_of_floor=100 * floor / seconds)
@@ -178,7 +152,7 @@ def bench_training(bandwidth, seq_len=2048, block_size=32, batch=1):
         step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
         row = dict(impl=impl, length=2 * seq_len, block_size=block_size, batch=batch)
         try:
-            row["ms"] = time_dispatches(lambda: step(q, k, v)) * 1e3
+            row["ms"] = common.time_back_to_back(lambda: step(q, k, v)) * 1e3
         except Exception as error:  # noqa: BLE001
             row["error"] = f"{type(error).__name__}: {error}"[:500]
         rows.append(row)
@@ -221,7 +195,7 @@ def main():
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # tokamax parses absl flags from argv, and ours are not its
     print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
-    bandwidth = measure_read_bandwidth()
+    bandwidth = common.measured_read_bandwidth()
     matmul_rate = measure_matmul_rate()
     print(f"read bandwidth {bandwidth / 1e12:.3f} TB/s, bf16 matmul {matmul_rate / 1e12:.0f} TFLOP/s", flush=True)
 
