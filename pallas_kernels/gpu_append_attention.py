@@ -161,11 +161,12 @@ def plan_fused(config: TritonConfig, *, batch, num_kv_heads, num_rows, num_keys,
     """``gpu_triton.plan``, except where the cache is short enough that each program takes at most two key tiles
     (decode steps, drafter blocks and verify blocks over a few thousand keys).
 
-    There a software pipeline has nothing to overlap, and its buffers only cost shared memory and a prologue, so:
-    one stage, 4 warps, tiles of at most 64 rows, and 32-key tiles for a lone decoding row (twice the splits, to
-    use more SMs). H200, Qwen2.5-1.5B heads, 1024-token cache, µs per layer with the split merge
-    (``benchmarks/append_splits_bench.py --sweep``): decode 7.93 -> 5.68, a 32-token drafter block 12.44 -> 9.15.
-    Fields the config sets are kept."""
+    There a software pipeline has little to overlap, and its buffers cost shared memory and a prologue, so: 4
+    warps, tiles of at most 64 rows, one stage, and for a lone decoding row 32-key tiles (twice the splits, to
+    use more SMs) with two stages. H200, Qwen2.5-1.5B heads, 1024-token cache, µs per layer with the split merge
+    (``benchmarks/append_splits_bench.py --sweep``): decode 7.93 -> 5.68 (one stage) -> 5.54 (two), a 32-token
+    drafter block 12.44 -> 9.15. End to end, the decoding row's second stage took 1.5B decode from 1.297 to
+    1.270 ms/token (two rounds each, one device call). Fields the config sets are kept."""
     shape = dict(batch=batch, num_kv_heads=num_kv_heads, num_rows=num_rows, num_keys=num_keys, head_dim=head_dim,
                  itemsize=itemsize, sm_count=sm_count)
     planned = plan(config, **shape)
@@ -173,9 +174,10 @@ def plan_fused(config: TritonConfig, *, batch, num_kv_heads, num_rows, num_keys,
     if tiles_per_program > 2:  # long walks: the 32k-tuned pipeline
         return planned
     block_m = config.block_m or min(planned.block_m, 64)
-    short = TritonConfig(block_m=block_m, block_k=config.block_k or (32 if block_m <= 16 else planned.block_k),
+    lone_row = block_m <= 16  # one decoding token's grouped heads
+    short = TritonConfig(block_m=block_m, block_k=config.block_k or (32 if lone_row else planned.block_k),
                          num_splits=config.num_splits, num_warps=config.num_warps or 4,
-                         num_stages=config.num_stages or 1)
+                         num_stages=config.num_stages or (2 if lone_row else 1))
     return plan(short, **shape)
 
 

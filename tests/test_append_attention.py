@@ -166,13 +166,13 @@ def test_default_dispatch_falls_back_where_the_gpu_kernel_cannot_take_the_head_d
             np.testing.assert_array_equal(g, w)
 
 
-def test_short_caches_get_one_pipeline_stage_and_long_ones_keep_the_32k_plan():
+def test_short_caches_get_short_pipelines_and_long_ones_keep_the_32k_plan():
     from pallas_kernels.gpu_append_attention import plan_fused
     from pallas_kernels.gpu_triton import TritonConfig, plan
 
     shape = dict(batch=1, num_kv_heads=2, head_dim=128, itemsize=2, sm_count=132)
     decode = plan_fused(TritonConfig(), num_rows=8, num_keys=1152, **shape)
-    assert (decode.block_k, decode.num_stages, decode.num_warps) == (32, 1, 4)
+    assert (decode.block_k, decode.num_stages, decode.num_warps) == (32, 2, 4)
     assert decode.num_splits == 1152 // 32  # one key tile per program
     block = plan_fused(TritonConfig(), num_rows=256, num_keys=1152, **shape)
     assert (block.block_m, block.num_stages) == (64, 1)
