@@ -83,9 +83,9 @@ def read_bandwidth_by_pattern(array, clock=None) -> dict:
 
 
 def measured_read_bandwidth(num_bytes: int = 4 << 30) -> float:
-    """Bytes/s of the fastest of several ways to read a large array once (``read_patterns``): the practical
-    HBM read limit. Taking the best pattern makes the limit strict, not flattering: on an H200 XLA's reductions
-    read at 3.6-3.8 TB/s where its matrix-vector product reads faster (benchmarks/read_bandwidth.py)."""
+    """Bytes/s of the fastest of several ways to read a large array once (``read_patterns``), timed back to
+    back: the practical HBM read limit. Both choices keep the limit strict, not flattering: on an H200, timing
+    each call blocked on counted the host's round trip and under-read by 20-30% (benchmarks/read_bandwidth.py)."""
     array = read_array(num_bytes)
     best = max(read_bandwidth_by_pattern(array).values())
     array.delete()
