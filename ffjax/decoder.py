@@ -10,8 +10,8 @@ Two layer layouts, one ``DecoderLayer``:
   tracing and compile time do not grow with depth.
 * ``per_layer`` (GPU): one array per layer, run by a Python loop. XLA:GPU copies each layer's weights out of a
   stacked array before the cuBLAS GEMMs that read them, inside a scan and inside a decode ``while_loop`` alike
-  (measured on H200, Qwen2.5-7B shape, one-token forward: 11.6 ms scanned vs 4.7 ms per-layer, HBM limit
-  4.3 ms). Separate buffers leave nothing to copy. Compiling the loop costs seconds (3.5 s at 7B), once.
+  (measured on H200, Qwen2.5-7B shape, one-token forward: 11.6 ms scanned vs 4.7 ms per-layer). Separate
+  buffers leave nothing to copy. Compiling the loop costs seconds (3.5 s at 7B), once.
   Its projection weights are stored [out, in] (stacked: [in, out]), so a decoding row's matrix-vector kernel
   (``pallas_kernels.decode_matvec``) reads each output feature's weights contiguously: at batch-1 decoding a
   layer is six kernels (norm + qkv, attention, the merge of its KV splits, o, norm + gate_up + SwiGLU, down).
