@@ -87,9 +87,11 @@ def measured_read_bandwidth(num_bytes: int = 4 << 30) -> float:
     back: the practical HBM read limit. Both choices keep the limit strict, not flattering: on an H200, timing
     each call blocked on counted the host's round trip and under-read by 20-30% (benchmarks/read_bandwidth.py)."""
     array = read_array(num_bytes)
-    best = max(read_bandwidth_by_pattern(array).values())
+    rates = read_bandwidth_by_pattern(array)
     array.delete()
-    return best
+    if not rates:
+        raise RuntimeError("no read pattern ran on this platform: no read bandwidth to divide by")
+    return max(rates.values())
 
 
 def time_fn(fn, repeats: int = 10, warmup: int = 2) -> float:
