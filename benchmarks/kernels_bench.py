@@ -8,8 +8,9 @@ What is measured, per shape (batch 1, bf16, head_dim 128, the block of Tq querie
   jit), so launch overhead is amortised and, from 4k keys on, the sets together overflow the 50 MB L2: the K/V
   come from HBM as they would inside a model. Median over repeats.
 - achieved bytes/s = (visible K+V bytes + Q + O bytes) / time, against the read bandwidth measured in the same
-  run (the fastest of several large reads, ``common.measured_read_bandwidth``); and the floor max(bytes / bandwidth, flops / measured bf16 matmul rate), because
-  with 6-7 query heads per KV head and Tq >= 32 the tile is as much arithmetic as it is reading.
+  run (the fastest of several large reads, ``common.measured_read_bandwidth``); and the floor
+  max(bytes / bandwidth, flops / measured bf16 matmul rate), because with 6-7 query heads per KV head and
+  Tq >= 32 the tile is as much arithmetic as it is reading.
 - cuDNN (``jax.nn.dot_product_attention(implementation="cudnn")``) cannot express a causal or block-causal mask
   whose diagonal is offset by q_start; it runs with only the kv_len padding mask, i.e. the whole prefix visible
   to every query. At Tq << ctx that is the same work to within Tq / ctx.
