@@ -39,7 +39,8 @@ def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, s
     ``norm_scale`` [K] is given.
 
     With ``norm_scale`` the product's input is RMSNorm(x + residual) (``residual`` [M' >= M, K], rows past M
-    ignored, or None), rounded as ``residual_rms_norm.reference`` rounds it. The product accumulates in float32 and is rounded to x's dtype.
+    ignored, or None), rounded as ``residual_rms_norm.reference`` rounds it. The product accumulates in float32
+    and is rounded to x's dtype.
     ``swiglu``: the weight is [gate; up] stacked along N, and y = silu(gate) * up of the rounded halves, as the
     decoder's MLP computes it.
     """
@@ -55,6 +56,10 @@ def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, s
     return y if total is None else (total, y)
 
 
+# Weight values an unrolled program may hold per thread: the largest plan measured fast (1.5B gate_up) holds 192.
+_UNROLLED_VALUES = 192
+
+
 @dataclasses.dataclass(frozen=True)
 class MatvecConfig:
     """Launch parameters; ``None`` fields are chosen by ``plan`` from the shapes."""
@@ -68,31 +73,42 @@ class MatvecConfig:
 
 
 def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool, has_norm: bool = False) -> MatvecConfig:
-    """Fills the ``None`` fields with what was fastest on an H200 at each Qwen2.5-1.5B projection
-    (``benchmarks/matvec_bench.py --sweep`` over 2-8 output features, 512-2048-feature chunks and 2-8 warps per
-    program, and ``--unrolled``; BENCHMARKS.md, issue 2), with a few output features per program (hundreds to
-    thousands of small programs keep every SM's loads in flight):
+    """Fills the ``None`` fields with what was fastest on an H200 (``benchmarks/matvec_bench.py --sweep`` and
+    ``--unrolled``; BENCHMARKS.md, issue 2), with a few output features per program (thousands of small programs
+    keep every SM's loads in flight):
 
-    * rows up to 2048 wide: unrolled, so a program requests all its weights at once and reads the input row
-      once; with the norm (qkv) and with SwiGLU (gate_up, two weight rows per output) 4 features in 512-feature
-      chunks on 2 warps, without either (o) 2 features in one chunk on 8 warps;
-    * wider rows (down): a loop over 1024-feature chunks, 4 features, 8 warps, no pipelining (unrolling its 9
-      chunks was slower).
+    * rows up to 2048 wide whose programs hold at most ``_UNROLLED_VALUES`` (Qwen2.5-1.5B's qkv, o, gate_up):
+      unrolled, so a program requests all its weights at once and reads the input row once; with the norm (qkv)
+      and with SwiGLU (gate_up, two weight rows per output) 4 features in 512-feature chunks on 2 warps, without
+      either (o) 2 features in one chunk on 8 warps;
+    * other rows up to 4096 wide (Qwen2.5-7B's qkv, o, gate_up; a 182-config sweep): unrolled in 1024-feature
+      chunks, 4 features on 4 warps with the norm, 2 with SwiGLU, 1 on 8 warps for a plain product (at most 128
+      weight values a thread);
+    * wider rows (down): a loop over chunks, no pipelining: 4 features in 1024-feature chunks on 8 warps, with
+      SwiGLU 2 in 512-feature chunks on 2 warps (the larger tiles spilled registers: 7B gate_up took 320 µs).
 
-    Not tuned for wider models: at the 7B shape the SwiGLU variant ran 5x slower than XLA (310 vs 65 µs)."""
-    short = width <= 2048
-    if short and (swiglu or has_norm):
-        block_n, block_k, num_warps = 4, 512, 2
-    elif short:
-        block_n, block_k, num_warps = 2, 2048, 8
+    At the 7B shape even the best plans read the weights at 3.4-3.8 TB/s, against 4.0-4.2 for XLA's GEMMs, so the
+    decoder keeps XLA there (``ffjax.decoder.matvec_projections``)."""
+    rows_per_output = 2 if swiglu else 1
+
+    def fits(block_n, block_k, num_warps):  # an unrolled program's weight values per thread (more spill)
+        return block_n * rows_per_output * pl.cdiv(width, block_k) * block_k <= _UNROLLED_VALUES * 32 * num_warps
+
+    short = (4, 512, 2) if swiglu or has_norm else (2, 2048, 8)
+    medium = (2, 1024, 4) if swiglu else (4, 1024, 4) if has_norm else (1, 1024, 8)
+    if width <= 2048 and fits(*short):
+        unroll, num_stages, (block_n, block_k, num_warps) = True, 3, short
+    elif width <= 4096 and fits(*medium):
+        unroll, num_stages, (block_n, block_k, num_warps) = True, 1, medium
     else:
-        block_n, block_k, num_warps = 4, 2048 if swiglu else 1024, 4 if swiglu else 8
+        unroll, num_stages = False, 1
+        block_n, block_k, num_warps = (2, 512, 2) if swiglu else (4, 1024, 8)
     return MatvecConfig(
         block_n=config.block_n or block_n,
         block_k=config.block_k or min(block_k, _next_power_of_two(width)),
         num_warps=config.num_warps or num_warps,
-        num_stages=config.num_stages or (3 if short else 1),
-        unroll=short if config.unroll is None else config.unroll, weight_eviction=config.weight_eviction)
+        num_stages=config.num_stages or num_stages,
+        unroll=unroll if config.unroll is None else config.unroll, weight_eviction=config.weight_eviction)
 
 
 def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_out, block_n, block_k, has_norm,

@@ -91,6 +91,18 @@ def test_plan_fills_only_what_is_unset():
     assert dm.plan(dm.MatvecConfig(), num_out=10, width=100, swiglu=False).block_k == 128
 
 
+@pytest.mark.parametrize("width", [896, 1536, 2048, 3584, 4096])
+@pytest.mark.parametrize("norm,swiglu", [(True, False), (False, False), (True, True)], ids=["qkv", "o", "gate_up"])
+def test_unrolled_plans_hold_a_programs_weights_in_registers(width, norm, swiglu):
+    """An unrolled program keeps all its weight values in registers; past ~192 a thread they spill (a 7B gate_up
+    plan that did took 320 µs instead of 80 on an H200)."""
+    planned = dm.plan(dm.MatvecConfig(), num_out=4096, width=width, swiglu=swiglu, has_norm=norm)
+    assert planned.unroll
+    chunks = -(-width // planned.block_k)
+    values = planned.block_n * (2 if swiglu else 1) * chunks * planned.block_k
+    assert values / (32 * planned.num_warps) <= dm._UNROLLED_VALUES
+
+
 def test_mismatched_weight_is_refused():
     x = jnp.ones((1, 16))
     with pytest.raises(ValueError, match="does not fit"):
