@@ -32,6 +32,7 @@ import numpy as np
 from ffjax.attention import append_and_attend, attend, resolve_impl
 from ffjax.config import ModelConfig
 from ffjax.kv_cache import PER_LAYER, STACKED, KVCache, default_layout
+from pallas_kernels import skinny_gemm
 from pallas_kernels.decode_matvec import matvec
 from pallas_kernels.reference import split_heads
 from pallas_kernels.residual_rms_norm import residual_rms_norm
@@ -139,11 +140,27 @@ def nothing_to_add(x, tokens):
     return jnp.zeros((batch, gemm_rows(batch, num_tokens) or num_tokens, x.shape[2]), x.dtype)
 
 
-def project(h, weight, out_in: bool):
+def project(h, weight, out_in: bool, *, kernels: bool = False):
     """h [B, T', K] times weight ([K, N], or [N, K] when ``out_in``) -> [B, T', N]. Padding rows (``gemm_rows``)
     are kept, not sliced off: the kernels that consume projections (``append_attention``,
-    ``residual_rms_norm``) read only the real rows, and a slice would be one more copy kernel per projection."""
+    ``residual_rms_norm``) read only the real rows, and a slice would be one more copy kernel per projection.
+
+    ``kernels``: the [N, K] product may run as ``skinny_gemm``'s tensor-core kernel where its plan has a config
+    measured faster than XLA's GEMM (on Hopper GPUs, a few rows; see ``skinny_gemm_config``)."""
+    config = skinny_gemm_config(h, weight) if kernels and out_in else None
+    if config is not None:
+        batch, rows, width = h.shape
+        return skinny_gemm.gpu_skinny_gemm(h.reshape(batch * rows, width), weight, config).reshape(batch, rows, -1)
     return jax.lax.dot_general(h, weight, (((2,), (1 if out_in else 0,)), ((), ())))
+
+
+def skinny_gemm_config(h, weight) -> skinny_gemm.SkinnyConfig | None:
+    """The ``skinny_gemm`` config for h [B, T', K] times an [N, K] weight, or None for XLA's GEMM: none unless
+    the device is a Hopper GPU, $FFJAX_SKINNY_GEMM allows it and the plan has a measured config for the shape."""
+    batch, rows, width = h.shape
+    if not (skinny_gemm.enabled() and h.dtype == weight.dtype == jnp.bfloat16 and skinny_gemm.hopper_gpu()):
+        return None
+    return skinny_gemm.plan(batch * rows, weight.shape[0], width)
 
 
 class DecoderLayer(nn.Module):
@@ -161,6 +178,11 @@ class DecoderLayer(nn.Module):
     def _weight(self, name, fan_in, fan_out):
         shape = (fan_out, fan_in) if self.out_in else (fan_in, fan_out)
         return self.param(name, _dense_init(fan_in), shape, self.dtype)
+
+    @property
+    def _kernels(self) -> bool:
+        """Whether projections may run as GPU kernels (``project``): not when the reference is forced."""
+        return self.attention_impl != "reference"
 
     def _matvec(self, x) -> tuple[str, ...]:
         """The projections that run as ``decode_matvec`` kernels: some, at batch-1 decoding in the per-layer
@@ -183,7 +205,7 @@ class DecoderLayer(nn.Module):
             x, qkv = attn_norm(x, delta, then_project=qkv_weight)
         else:
             x, h = attn_norm(x, delta, gemm_rows(batch, num_tokens))
-            qkv = project(h, qkv_weight, self.out_in)
+            qkv = project(h, qkv_weight, self.out_in, kernels=self._kernels)
         bias = self.param("qkv_bias", nn.initializers.normal(0.02), (qkv_width,), self.dtype) if c.qkv_bias else None
         qkv = qkv.reshape(batch, qkv.shape[1], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
         if layer_index is None and mask is None:  # per-layer cache: one fused call adds the bias, rotates, appends
@@ -214,22 +236,23 @@ class DecoderLayer(nn.Module):
         mlp_norm = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="mlp_norm")
         gate_up = self._weight("gate_up", c.hidden_size, 2 * c.intermediate_size)
         down = self._weight("down", c.intermediate_size, c.hidden_size)
-        kernels, rows = self._matvec(x), gemm_rows(batch, num_tokens)
+        matvec_kernels, rows = self._matvec(x), gemm_rows(batch, num_tokens)
         attn = attn.reshape(batch, num_tokens, c.q_size)
-        if "o" in kernels:
+        if "o" in matvec_kernels:
             attn_out = matvec(attn.reshape(1, c.q_size), o).reshape(x.shape)
         else:
-            attn_out = project(pad_rows(attn, rows), o, self.out_in)
-        if "gate_up" in kernels:
+            attn_out = project(pad_rows(attn, rows), o, self.out_in, kernels=self._kernels)
+        if "gate_up" in matvec_kernels:
             x, activation = mlp_norm(x, attn_out, then_project=gate_up, swiglu=True)
         else:
             x, h = mlp_norm(x, attn_out, rows)
-            gate, up = jnp.split(project(h, gate_up, self.out_in), 2, axis=-1)  # padding rows: silu(0) * 0 = 0
+            gate_up_out = project(h, gate_up, self.out_in, kernels=self._kernels)
+            gate, up = jnp.split(gate_up_out, 2, axis=-1)  # padding rows: silu(0) * 0 = 0
             activation = nn.silu(gate) * up
-        if "down" in kernels:  # row 0: the activation may carry a GEMM padding row (FFJAX_MATVEC without gate_up)
+        if "down" in matvec_kernels:  # row 0: the activation may carry a GEMM padding row (FFJAX_MATVEC without gate_up)
             mlp_out = matvec(activation[:, 0], down).reshape(x.shape)
         else:
-            mlp_out = project(pad_rows(activation, rows), down, self.out_in)
+            mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels)
         return (x, mlp_out, cache_k, cache_v), None
 
 

@@ -1,0 +1,67 @@
+"""A/B of one environment switch on batch-1 greedy decode, interleaved in one process (A B A B ...), tokens
+compared, with the HBM limit measured in the same run.
+
+    python benchmarks/ab_decode.py --shape qwen2.5-7b --env FFJAX_SKINNY_GEMM=off,auto [--rounds 3]
+
+Each variant sets the variable, drops every compiled executable (the switches are read at trace time), decodes
+once to compile and compare tokens with the first variant, then takes the median of 5 timed `generate` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, ".")
+from benchmarks import common  # noqa: E402
+from ffjax import executables  # noqa: E402
+from ffjax.checkpoint import Model  # noqa: E402
+from ffjax.generate import generate  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="qwen2.5-7b")
+    parser.add_argument("--env", required=True, help="VAR=value_a,value_b[,...]")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--new", type=int, default=128)
+    args = parser.parse_args()
+    variable, values = args.env.split("=", 1)
+    values = values.split(",")
+    print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
+    bandwidth = common.measured_read_bandwidth()
+    config = common.shape_config(args.shape)
+    model = Model(config, common.random_params(config))
+    prompt = np.random.RandomState(0).randint(0, config.vocab_size, args.context).astype(np.int32)
+    limit_ms = 1e3 * common.decode_bytes_per_token(config, args.context + args.new // 2)["total"] / bandwidth
+    first_tokens, ms = None, {v: [] for v in values}
+    for round_index in range(args.rounds):
+        for value in values:
+            os.environ[variable] = value
+            executables.clear()
+            jax.clear_caches()
+            tokens = np.asarray(generate(model, prompt, args.new).tokens)
+            first_tokens = tokens if first_tokens is None else first_tokens
+            same = tokens.shape == first_tokens.shape and bool((tokens == first_tokens).all())
+            ms[value].append(float(np.median([generate(model, prompt, args.new).stats.decode_ms_per_token
+                                              for _ in range(5)])))
+            print(f"round {round_index} {variable}={value}: {ms[value][-1]:.4f} ms/token, tokens identical to "
+                  f"{variable}={values[0]}: {same}", flush=True)
+            if not same:
+                raise SystemExit(f"{variable}={value} changed the greedy tokens")
+    common.write_results("ab_decode.json", {"shape": args.shape, "variable": variable, "ms_per_token": ms,
+                                            "hbm_limit_ms": limit_ms, "read_bandwidth": bandwidth})
+    print(f"\n{args.shape}: HBM limit {limit_ms:.3f} ms/token ({bandwidth / 1e12:.2f} TB/s read)")
+    print(f"| {variable} | ms/token per round | median | × limit |")
+    for value, xs in ms.items():
+        print(f"| {value} | {' / '.join(f'{x:.3f}' for x in xs)} | {np.median(xs):.3f} | "
+              f"{np.median(xs) / limit_ms:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
