@@ -1,5 +1,6 @@
-"""Correctness of the GPU attention kernels on the device (prefix-block attention, and the fused RoPE + cache
-append + attention of ``gpu_append_attention``), against the jnp reference.
+"""Correctness of the GPU kernels on the device (prefix-block attention, the fused RoPE + cache append +
+attention of ``gpu_append_attention``, the residual norm, and on Hopper the skinny tensor-core GEMM), against the
+jnp references.
 
 Run on the GPU machine: ``PYTHONPATH=. python3 benchmarks/kernels_gpu_check.py [--out DIR]``. Every case draws
 fresh random inputs, fills the cache past ``kv_len`` with NaN (the kernel must never read it), and compares
@@ -39,6 +40,14 @@ CASES = [
     (2, 100, 6, 1, 64, 3000, 8, "float32", [17, 2800], [117, 2900]),
 ]
 
+# More for the Mosaic GPU kernel, which needs whole 128-key tiles: ragged rows, block-causal, 3 warpgroups' rows.
+MOSAIC_CASES = [
+    (2, 32, 28, 4, 128, 32768, None, "bfloat16", [32736, 1000], [32768, 1032]),
+    (3, 37, 12, 2, 128, 1024, 32, "bfloat16", [0, 512, 960], [37, 549, 997]),
+    (2, 9, 7, 1, 64, 768, 8, "bfloat16", [300, 0], [309, 0]),
+    (1, 128, 12, 2, 64, 4096, 32, "float16", [3968], [4096]),
+]
+
 # Launch parameters that must all compute the same function (checked on one mid-size case).
 CONFIGS = [
     TritonConfig(),
@@ -72,8 +81,13 @@ def check(case, config, rng, interpret=False):
     q, k, v, clean_k, clean_v = make_inputs(rng, batch, num_queries, num_q_heads, num_kv_heads, head_dim,
                                             num_keys, dtype, kv_len)
     q_start, kv_len = jnp.asarray(q_start, jnp.int32), jnp.asarray(kv_len, jnp.int32)
-    out = prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, config=config,
-                                 interpret=interpret)
+    if config == "gpu_mosaic":
+        from pallas_kernels import gpu_mosaic
+        out = gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size,
+                                                interpret=interpret)
+    else:
+        out = prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, config=config,
+                                     interpret=interpret)
     with jax.default_matmul_precision("highest"):
         up = lambda x: x.astype(jnp.float32)  # noqa: E731
         ref = reference.prefix_block_attention(up(q), up(clean_k), up(clean_v), q_start, kv_len,
@@ -83,7 +97,7 @@ def check(case, config, rng, interpret=False):
     has_nan = bool(np.isnan(out32).any())
     rel = float(np.linalg.norm(out32 - ref32) / max(np.linalg.norm(ref32), 1e-30))
     ok = (not has_nan) and rel < TOLERANCE[dtype] and out.dtype == q.dtype and out.shape == q.shape
-    plan = describe(q.shape, k.shape, q.dtype, config)
+    plan = config if config == "gpu_mosaic" else describe(q.shape, k.shape, q.dtype, config)
     return dict(case=repr(case[:8]), config=repr(plan), rel_error=rel, nan=has_nan, ok=ok)
 
 
@@ -144,11 +158,38 @@ def check_norm(case, rng):
     return dict(case="norm " + repr(case), rel_max_error=errors, ok=max(errors) <= TOLERANCE[dtype])
 
 
+# Skinny tensor-core GEMM (Mosaic GPU, Hopper only): (rows, N, K, config); every planned shape with its plan, plus
+# rows that need padding, split-K, deeper pipelines and wider tiles.
+def skinny_cases():
+    from pallas_kernels import skinny_gemm as sg
+    cases = [(rows, n, k, config) for (_, n, k), config in sg.PLANS.items() for rows in (1, 2)]
+    cases += [(5, 1024, 2048, sg.SkinnyConfig()), (8, 512, 4096, sg.SkinnyConfig(128, 64, 6, 4)),
+              (3, 4608, 3584, sg.SkinnyConfig(64, 256, 3, 2))]
+    return cases
+
+
+def check_skinny(case, rng):
+    """The swap-AB skinny GEMM against its reference: float32 accumulation of bf16 products both ways, so the
+    sums differ only in order (and split-K partials stay float32)."""
+    from pallas_kernels import skinny_gemm as sg
+    rows, num_out, width, config = case
+    x = jnp.asarray(rng.standard_normal((rows, width)), jnp.bfloat16)
+    weight = jnp.asarray(0.02 * rng.standard_normal((num_out, width)), jnp.bfloat16)
+    got = np.asarray(jax.jit(sg.gpu_skinny_gemm, static_argnums=2)(x, weight, config), np.float32)
+    want = np.asarray(sg.reference(x, weight), np.float32)
+    rel = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+    return dict(case=f"skinny {(rows, num_out, width)}", config=repr(config), rel_error=rel,
+                ok=rel < TOLERANCE["bfloat16"] and got.shape == (rows, num_out))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--interpret", action="store_true", help="dry run of the small cases on CPU")
     parser.add_argument("--append-only", action="store_true", help="check only the fused append kernel")
+    parser.add_argument("--skinny-only", action="store_true", help="check only the skinny tensor-core GEMM")
+    parser.add_argument("--mosaic-only", action="store_true",
+                        help="check only the Mosaic GPU attention kernel (on the cases it supports)")
     args = parser.parse_args()
     print("jax", jax.__version__, jax.devices(), flush=True)
     rng = np.random.default_rng(2024)
@@ -157,14 +198,21 @@ def main():
     jobs += [(CASES[3], config) for config in CONFIGS[1:]]
     if args.interpret:
         jobs = [(case, config) for case, config in jobs if case[0] * case[1] * case[5] <= 400_000]
-    if args.append_only:
+    if args.append_only or args.skinny_only or args.mosaic_only:
         jobs = []
-    jobs += [(case, "append") for case in APPEND_CASES if not args.interpret]
-    jobs += [(case, "norm") for case in NORM_CASES if not args.interpret]
+    if args.mosaic_only:
+        from pallas_kernels.gpu_mosaic import supports
+        jobs = [(case, "gpu_mosaic") for case in CASES + MOSAIC_CASES
+                if supports((case[0], case[1], case[2], case[4]), (case[0], case[5], case[3], case[4]), case[7])]
+    if not (args.skinny_only or args.mosaic_only):
+        jobs += [(case, "append") for case in APPEND_CASES if not args.interpret]
+        jobs += [(case, "norm") for case in NORM_CASES if not args.interpret]
+    from pallas_kernels.skinny_gemm import hopper_gpu
+    jobs += [(case, "skinny") for case in skinny_cases() if hopper_gpu() and not (args.append_only or args.mosaic_only)]
     for case, config in jobs:
         try:
-            checks = {"append": check_append, "norm": check_norm}
-            result = (checks[config](case, rng) if isinstance(config, str)
+            checks = {"append": check_append, "norm": check_norm, "skinny": check_skinny}
+            result = (checks[config](case, rng) if config in checks
                       else check(case, config, rng, args.interpret))
         except Exception as error:  # report and keep checking the rest
             traceback.print_exc(limit=3)

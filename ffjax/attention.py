@@ -8,8 +8,11 @@ import os
 import pallas_kernels
 
 # "auto": the platform's Pallas kernel where one exists, else the jnp reference. "reference": always jnp.
+# "gpu_mosaic": the Mosaic GPU (Hopper) kernel for attention, with RoPE and the cache append in XLA (the fused
+# Triton kernel of "auto" does those in the same kernel); Triton's kernel where it cannot take the shapes.
 ATTENTION_IMPL_ENV = "FFJAX_ATTENTION"
-_IMPLS = ("auto", "reference")
+_IMPLS = ("auto", "reference", "gpu_mosaic")
+_BACKENDS = {"auto": None, "reference": "reference", "gpu_mosaic": "gpu_mosaic"}
 
 
 def resolve_impl(impl: str | None = None) -> str:
@@ -23,7 +26,7 @@ def attend(q, k, v, q_start, kv_len, *, block_size: int | None, impl: str = "aut
     """q [B, Tq, Hq, D] over the cache k, v [B, S, Hkv, D]; causal if block_size is None, else block-causal."""
     # pallas_kernels picks the platform's kernel (the reference on CPU); "reference" forces the jnp version.
     return pallas_kernels.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size,
-                                                 backend="reference" if impl == "reference" else None)
+                                                 backend=_BACKENDS[impl])
 
 
 def append_and_attend(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads: int, qkv_bias=None,
@@ -33,4 +36,4 @@ def append_and_attend(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q
     v_cache)."""
     return pallas_kernels.append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, num_q_heads=num_q_heads,
                                            qkv_bias=qkv_bias, block_size=block_size,
-                                           backend="reference" if impl == "reference" else None)
+                                           backend=_BACKENDS[impl])

@@ -11,7 +11,7 @@ from pallas_kernels import reference
 # GPUs run the reference again.
 GPU_KERNEL_VERIFIED = True
 
-BACKENDS = ("reference", "gpu_triton", "tpu_mosaic")
+BACKENDS = ("reference", "gpu_triton", "gpu_mosaic", "tpu_mosaic")
 
 
 def default_backend(platform: str | None = None, *, interpret: bool = False) -> str:
@@ -60,6 +60,14 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
 
         return gpu_triton.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, scale=scale,
                                                  interpret=interpret)
+    if backend == "gpu_mosaic":  # Hopper only; bf16/f16, head_dim % 64, whole key tiles (else Triton's kernel)
+        from pallas_kernels import gpu_mosaic
+
+        if gpu_mosaic.supports(q.shape, k.shape, q.dtype) and q.dtype == k.dtype == v.dtype:
+            return gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, scale=scale,
+                                                     interpret=interpret)
+        return prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, scale=scale,
+                                      interpret=interpret, backend=_fitting("gpu_triton", q.shape[-1], min_head_dim=16))
     if backend == "tpu_mosaic":
         from pallas_kernels import tpu_mosaic
 

@@ -1,0 +1,77 @@
+"""The Mosaic GPU (Hopper) prefix-block attention kernel, ``pallas_kernels.gpu_mosaic``.
+
+On CPU it runs in Mosaic GPU's interpreter: its pipeline, barriers, masks, KV splits and merge are the kernel's
+own code, its two tensor-core products ``dot_general`` on the same tiles (the interpreter has no WGMMA on a
+transposed or register operand). The tensor-core lowering is checked here for CUDA and its numbers on the GPU
+(``benchmarks/kernels_gpu_check.py --mosaic-only``).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pallas_kernels
+from pallas_kernels import gpu_mosaic, reference
+
+# (batch, Tq, Hq, Hkv, head_dim, cache length, block_size, q_start per row, kv_len per row, config)
+CASES = [
+    # two compute warpgroups and their schedule barrier (66 rows: the second mostly padding), 3 KV splits,
+    # block-causal, one row that sees no key
+    (2, 11, 6, 1, 64, 384, 8, [200, 0], [211, 0], gpu_mosaic.MosaicConfig(block_kv=64, num_splits=3)),
+    # one warpgroup, causal, GQA 7, head_dim 128, kv_len inside the block, the split count chosen
+    (1, 6, 7, 1, 128, 256, None, [130], [134], gpu_mosaic.MosaicConfig(compute_warpgroups=1)),
+]
+
+
+def inputs(case, dtype=jnp.bfloat16, seed=0):
+    batch, num_queries, num_q_heads, num_kv_heads, head_dim, num_keys = case[:6]
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.standard_normal((batch, num_queries, num_q_heads, head_dim)), dtype)
+    k, v = (jnp.asarray(rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)), dtype) for _ in range(2))
+    return q, k, v, jnp.asarray(case[7], jnp.int32), jnp.asarray(case[8], jnp.int32)
+
+
+def reference_f32(q, k, v, q_start, kv_len, block_size):
+    up = lambda x: x.astype(jnp.float32)  # noqa: E731
+    with jax.default_matmul_precision("highest"):
+        return reference.prefix_block_attention(up(q), up(k), up(v), q_start, kv_len, block_size=block_size)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["two-warpgroups-block-causal", "one-warpgroup-causal"])
+def test_interpreted_kernel_matches_the_reference(case):
+    q, k, v, q_start, kv_len = inputs(case)
+    out = gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=case[6], interpret=True,
+                                            config=case[9])
+    want = reference_f32(q, k, v, q_start, kv_len, case[6])
+    assert out.shape == q.shape and out.dtype == q.dtype
+    # bf16 inputs, probabilities rounded to bf16 before the PV product: relative error ~2^-8.
+    error = float(jnp.linalg.norm(out.astype(jnp.float32) - want) / jnp.linalg.norm(want))
+    assert error < 1e-2
+    assert not np.asarray(out[1:] if case[0] > 1 else out[:0]).any()  # a row that sees no key: zeros
+
+
+def test_kernel_lowers_to_warp_specialised_wgmmas_for_cuda():
+    q = jax.ShapeDtypeStruct((1, 32, 28, 128), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, 4096, 4, 128), jnp.bfloat16)
+    rows = jax.ShapeDtypeStruct((1,), jnp.int32)
+    text = (jax.jit(lambda *a: gpu_mosaic.prefix_block_attention(*a))
+            .trace(q, kv, kv, rows, rows).lower(lowering_platforms=("cuda",)).as_text())
+    assert "custom_call @mosaic_gpu" in text
+    assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16" in text  # S = Q K^T and O += P V
+
+
+@pytest.mark.parametrize("dtype,num_keys", [(jnp.float32, 256), (jnp.bfloat16, 200)])
+def test_dispatch_uses_the_triton_kernel_where_mosaic_cannot(dtype, num_keys):
+    case = (1, 3, 4, 2, 64, num_keys, None, [100], [103], None)
+    assert not gpu_mosaic.supports((1, 3, 4, 64), (1, num_keys, 2, 64), dtype)
+    q, k, v, q_start, kv_len = inputs(case, dtype)
+    out = pallas_kernels.prefix_block_attention(q, k, v, q_start, kv_len, interpret=True, backend="gpu_mosaic")
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(reference_f32(q, k, v, q_start, kv_len, None)),
+                               atol=2e-2 if dtype == jnp.bfloat16 else 1e-5)
+
+
+def test_shapes_it_cannot_take_are_refused_by_name():
+    q, k, v, q_start, kv_len = inputs((1, 3, 4, 2, 64, 200, None, [100], [103], None))
+    with pytest.raises(ValueError, match="cache length a multiple of 128"):
+        gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, interpret=True)
