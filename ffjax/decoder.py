@@ -15,6 +15,8 @@ Two layer layouts, one ``DecoderLayer``:
   Its projection weights are stored [out, in] (stacked: [in, out]), so a decoding row's matrix-vector kernel
   (``pallas_kernels.decode_matvec``) reads each output feature's weights contiguously: at batch-1 decoding a
   layer is six kernels (norm + qkv, attention, the merge of its KV splits, o, norm + gate_up + SwiGLU, down).
+  Larger models keep XLA's GEMMs, except where ``pallas_kernels.skinny_gemm`` has a tensor-core config measured
+  faster on Hopper (the 7B down projection).
 The layout is read from the params' structure; ``load`` and ``init_params`` pick the platform's default.
 """
 
