@@ -2,9 +2,11 @@
 compared, with the HBM limit measured in the same run.
 
     python benchmarks/ab_decode.py --shape qwen2.5-7b --env FFJAX_SKINNY_GEMM=off,auto [--rounds 3]
+    python benchmarks/ab_decode.py --env FFJAX_ATTENTION=auto,gpu_mosaic --context 32768 --new 32 --forward 1 32
 
 Each variant sets the variable, drops every compiled executable (the switches are read at trace time), decodes
-once to compile and compare tokens with the first variant, then takes the median of 5 timed `generate` runs.
+once to compile and compare tokens with the first variant, then takes the median of 5 timed `generate` runs;
+``--forward K ...`` also times one forward of K new tokens over a ``--context``-token cache (the verifier's cost).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, ".")
 from benchmarks import common  # noqa: E402
+from benchmarks.decode_bench import forward_latency  # noqa: E402
 from ffjax import executables  # noqa: E402
 from ffjax.checkpoint import Model  # noqa: E402
 from ffjax.generate import generate  # noqa: E402
@@ -30,6 +33,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--forward", type=int, nargs="*", default=[], help="also time forwards of these sizes")
     args = parser.parse_args()
     variable, values = args.env.split("=", 1)
     values = values.split(",")
@@ -40,6 +44,7 @@ def main():
     prompt = np.random.RandomState(0).randint(0, config.vocab_size, args.context).astype(np.int32)
     limit_ms = 1e3 * common.decode_bytes_per_token(config, args.context + args.new // 2)["total"] / bandwidth
     first_tokens, ms = None, {v: [] for v in values}
+    forward_ms = {v: {k: [] for k in args.forward} for v in values}
     for round_index in range(args.rounds):
         for value in values:
             os.environ[variable] = value
@@ -54,13 +59,17 @@ def main():
                   f"{variable}={values[0]}: {same}", flush=True)
             if not same:
                 raise SystemExit(f"{variable}={value} changed the greedy tokens")
+            for k in args.forward:
+                forward_ms[value][k].append(1e3 * forward_latency(config, model.params, args.context, k)[0])
+                print(f"  forward of {k} over {args.context}: {forward_ms[value][k][-1]:.4f} ms", flush=True)
     common.write_results("ab_decode.json", {"shape": args.shape, "variable": variable, "ms_per_token": ms,
-                                            "hbm_limit_ms": limit_ms, "read_bandwidth": bandwidth})
+                                            "forward_ms": forward_ms, "context": args.context, "hbm_limit_ms": limit_ms, "read_bandwidth": bandwidth})
     print(f"\n{args.shape}: HBM limit {limit_ms:.3f} ms/token ({bandwidth / 1e12:.2f} TB/s read)")
-    print(f"| {variable} | ms/token per round | median | × limit |")
+    print(f"| {variable} | ms/token per round | median | × limit |" + "".join(f" fwd k={k} ms |" for k in args.forward))
     for value, xs in ms.items():
         print(f"| {value} | {' / '.join(f'{x:.3f}' for x in xs)} | {np.median(xs):.3f} | "
-              f"{np.median(xs) / limit_ms:.3f} |")
+              f"{np.median(xs) / limit_ms:.3f} |" + "".join(f" {np.median(forward_ms[value][k]):.3f} |"
+                                                           for k in args.forward))
 
 
 if __name__ == "__main__":
