@@ -24,11 +24,14 @@ CASES = [
 ]
 
 
-def inputs(case, dtype=jnp.bfloat16, seed=0):
+def inputs(case, dtype=jnp.bfloat16, seed=0, past_kv_len=0.0):
+    """q, k, v, q_start, kv_len for a case; the caches hold ``past_kv_len`` from each row's kv_len on."""
     batch, num_queries, num_q_heads, num_kv_heads, head_dim, num_keys = case[:6]
     rng = np.random.default_rng(seed)
     q = jnp.asarray(rng.standard_normal((batch, num_queries, num_q_heads, head_dim)), dtype)
-    k, v = (jnp.asarray(rng.standard_normal((batch, num_keys, num_kv_heads, head_dim)), dtype) for _ in range(2))
+    past = np.arange(num_keys)[None, :, None, None] >= np.asarray(case[8])[:, None, None, None]
+    k, v = (jnp.asarray(np.where(past, past_kv_len, rng.standard_normal((batch, num_keys, num_kv_heads, head_dim))),
+                        dtype) for _ in range(2))
     return q, k, v, jnp.asarray(case[7], jnp.int32), jnp.asarray(case[8], jnp.int32)
 
 
@@ -39,11 +42,11 @@ def reference_f32(q, k, v, q_start, kv_len, block_size):
 
 
 @pytest.mark.parametrize("case", CASES, ids=["two-warpgroups-block-causal", "one-warpgroup-causal"])
-def test_interpreted_kernel_matches_the_reference(case):
-    q, k, v, q_start, kv_len = inputs(case)
+def test_interpreted_kernel_matches_the_reference_and_never_reads_past_the_visible_keys(case):
+    q, k, v, q_start, kv_len = inputs(case, past_kv_len=np.nan)  # NaN would poison any output that read it
     out = gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=case[6], interpret=True,
                                             config=case[9])
-    want = reference_f32(q, k, v, q_start, kv_len, case[6])
+    want = reference_f32(*inputs(case), case[6])
     assert out.shape == q.shape and out.dtype == q.dtype
     # bf16 inputs, probabilities rounded to bf16 before the PV product: relative error ~2^-8.
     error = float(jnp.linalg.norm(out.astype(jnp.float32) - want) / jnp.linalg.norm(want))
