@@ -148,8 +148,10 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
             """First key of a tile. The last visible tile, when partial, is moved back to end at ``keys_end``
             (its keys before the previous tile's end are masked out): past ``keys_end`` the cache may hold
             anything, even NaN, and a zero probability times NaN is still NaN in the product with V."""
-            partial_last = (tile == visible_tiles - 1) & (lax.rem(keys_end, jnp.int32(block_kv)) != 0)
-            return jnp.where(partial_last, jnp.maximum(keys_end - block_kv, 0), tile * block_kv)
+            # Integer arithmetic only (no scalar select): tile <= visible_tiles - 1 for every tile fetched.
+            is_last = 1 - jnp.minimum(visible_tiles - 1 - tile, 1)
+            is_partial = jnp.minimum(lax.rem(keys_end, jnp.int32(block_kv)), 1)
+            return tile * block_kv - is_last * is_partial * (tile * block_kv - jnp.maximum(keys_end - block_kv, 0))
 
         def schedule_turn():
             if schedule:
@@ -203,8 +205,8 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
                     key_ids = plgpu.broadcasted_iota(jnp.int32, scores.shape, 1, layout=wgmma_layout)
                     position = lax.div(row_ids + first_row, jnp.int32(group)) + first_position
                     key = key_ids + tile_start(first_tile + step)
-                    seen = (key >= (first_tile + step) * block_kv) & (key < visible_end(position, length))
-                    scores = jnp.where(seen, scores, -jnp.inf)
+                    scores = jnp.where(key < visible_end(position, length), scores, -jnp.inf)
+                    scores = jnp.where(key >= (first_tile + step) * block_kv, scores, -jnp.inf)
 
                 new_max = jnp.maximum(row_max, scores.max(axis=1) * exponent_scale)
                 usable_max = jnp.where(new_max == -jnp.inf, 0.0, new_max) if masked else new_max
