@@ -81,7 +81,7 @@ def test_a_forward_routes_planned_projections_through_the_kernel(monkeypatch):
     """With the tiny model's down projection planned (the kernel stood in for by its reference, which runs on
     CPU), a 3-token forward over the per-layer cache calls it once per layer at its rows, and the logits equal
     XLA's GEMM path; the reference impl (FFJAX_ATTENTION=reference) never calls it."""
-    config = ModelConfig.from_hf(tiny_models.qwen2_config().to_dict())
+    config = ModelConfig.from_hf(tiny_models.qwen2_config(num_hidden_layers=2).to_dict())
     params = decoder.init_params(config, jax.random.key(0), dtype=jnp.bfloat16, layout=PER_LAYER)
     tokens = jnp.asarray([[5, 9, 2]], jnp.int32)
 
