@@ -8,10 +8,14 @@ multiple of ``64 * compute_warpgroups``; the grid is (row tile x KV split, KV he
 compute warpgroups through barriers (the FlashAttention-3 structure of JAX's ``attention_mgpu`` example, with its
 ping-pong schedule barrier for two compute warpgroups). Per key tile a compute warpgroup does S = Q K^T on tensor
 cores into a float32 accumulator, the online softmax in registers (base 2, the scale folded into the exponent)
-and O += P V with P from registers. Keys past the block's last visible key are never loaded (the last tile, when
-partial, is moved back to end there; only a row that sees fewer than ``block_kv`` keys reads past them, in its
-one tile, where ffjax's zero-initialised caches hold zeros); only tiles past the first query's limit compute a
-per-element mask. Each program writes its normalised partial output and its
+and O += P V with P from registers. Key tiles past the block's last visible key are never loaded; only tiles past
+the first query's limit compute a per-element mask.
+
+Unlike the Triton kernel, it loads whole key tiles: the part of the last visible tile past ``kv_len`` (or past the
+causal limit) is read and given probability zero, so it must be finite (zero times NaN is NaN in the P V
+product). ffjax's caches are zero-initialised and written only with finite keys and values, so this holds there.
+Moving that tile back to end at the visible keys needs a TMA offset that Mosaic GPU's layout inference cannot
+prove divisible (JAX 0.11.2 asserted), so it is not done. Each program writes its normalised partial output and its
 log-sum-exp; ``gpu_triton.merge_splits_to_heads`` merges the splits into [B, Tq, Hq, D].
 
 Measured on an H200 at 32k keys (BENCHMARKS.md, issue 5): 1.28x the Triton kernel at Tq 32 and 1.52x at Tq 128
@@ -135,23 +139,14 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
         first_position = q_start_ref[row]
         length = jnp.minimum(kv_len_ref[row], num_keys)
         # This split's key tiles: a share of those the block's last query can see.
-        keys_end = jnp.maximum(visible_end(first_position + num_queries - 1, length), 0)
-        visible_tiles = lax.div(keys_end + (block_kv - 1), jnp.int32(block_kv))
+        visible_tiles = lax.div(jnp.maximum(visible_end(first_position + num_queries - 1, length), 0)
+                                + (block_kv - 1), jnp.int32(block_kv))
         per_split = lax.div(visible_tiles + (num_splits - 1), jnp.int32(num_splits))
         first_tile = split * per_split
         num_tiles = jnp.clip(visible_tiles - first_tile, 0, per_split)
         # Tiles every row sees whole (below the first query's limit) need no mask.
         unmasked_tiles = jnp.clip(lax.div(jnp.maximum(visible_end(first_position, length), 0), jnp.int32(block_kv))
                                   - first_tile, 0, num_tiles)
-
-        def tile_start(tile):
-            """First key of a tile. The last visible tile, when partial, is moved back to end at ``keys_end``
-            (its keys before the previous tile's end are masked out): past ``keys_end`` the cache may hold
-            anything, even NaN, and a zero probability times NaN is still NaN in the product with V."""
-            # Integer arithmetic only (no scalar select): tile <= visible_tiles - 1 for every tile fetched.
-            is_last = 1 - jnp.minimum(visible_tiles - 1 - tile, 1)
-            is_partial = jnp.minimum(lax.rem(keys_end, jnp.int32(block_kv)), 1)
-            return tile * block_kv - is_last * is_partial * (tile * block_kv - jnp.maximum(keys_end - block_kv, 0))
 
         def schedule_turn():
             if schedule:
@@ -204,9 +199,8 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
                     row_ids = plgpu.broadcasted_iota(jnp.int32, scores.shape, 0, layout=wgmma_layout)
                     key_ids = plgpu.broadcasted_iota(jnp.int32, scores.shape, 1, layout=wgmma_layout)
                     position = lax.div(row_ids + first_row, jnp.int32(group)) + first_position
-                    key = key_ids + tile_start(first_tile + step)
+                    key = key_ids + (first_tile + step) * block_kv
                     scores = jnp.where(key < visible_end(position, length), scores, -jnp.inf)
-                    scores = jnp.where(key >= (first_tile + step) * block_kv, scores, -jnp.inf)
 
                 new_max = jnp.maximum(row_max, scores.max(axis=1) * exponent_scale)
                 usable_max = jnp.where(new_max == -jnp.inf, 0.0, new_max) if masked else new_max
@@ -267,7 +261,7 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
             plgpu.set_max_registers(memory_registers, action="decrease")
 
             def fetch(step, slot):
-                keys = (row, pl.ds(tile_start(first_tile + step), block_kv), head)
+                keys = (row, pl.ds((first_tile + step) * block_kv, block_kv), head)
                 plgpu.copy_gmem_to_smem(k_hbm.at[keys], k_smem.at[slot], k_ready.at[slot])
                 plgpu.copy_gmem_to_smem(v_hbm.at[keys], v_smem.at[slot], v_ready.at[slot])
 
@@ -277,7 +271,7 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
             @pl.loop(0, jnp.maximum(num_tiles - ring, 0))
             def _refill(step):
                 slot = lax.rem(step, jnp.int32(ring))
-                keys = (row, pl.ds(tile_start(first_tile + step + ring), block_kv), head)
+                keys = (row, pl.ds((first_tile + step + ring) * block_kv, block_kv), head)
                 plgpu.barrier_wait(k_free.at[slot])
                 plgpu.copy_gmem_to_smem(k_hbm.at[keys], k_smem.at[slot], k_ready.at[slot])
                 plgpu.barrier_wait(v_free.at[slot])
