@@ -63,9 +63,11 @@ def main():
                 forward_ms[value][k].append(1e3 * forward_latency(config, model.params, args.context, k)[0])
                 print(f"  forward of {k} over {args.context}: {forward_ms[value][k][-1]:.4f} ms", flush=True)
     common.write_results("ab_decode.json", {"shape": args.shape, "variable": variable, "ms_per_token": ms,
-                                            "forward_ms": forward_ms, "context": args.context, "hbm_limit_ms": limit_ms, "read_bandwidth": bandwidth})
+                                            "forward_ms": forward_ms, "context": args.context,
+                                            "hbm_limit_ms": limit_ms, "read_bandwidth": bandwidth})
     print(f"\n{args.shape}: HBM limit {limit_ms:.3f} ms/token ({bandwidth / 1e12:.2f} TB/s read)")
-    print(f"| {variable} | ms/token per round | median | × limit |" + "".join(f" fwd k={k} ms |" for k in args.forward))
+    print(f"| {variable} | ms/token per round | median | × limit |"
+          + "".join(f" fwd k={k} ms |" for k in args.forward))
     for value, xs in ms.items():
         print(f"| {value} | {' / '.join(f'{x:.3f}' for x in xs)} | {np.median(xs):.3f} | "
               f"{np.median(xs) / limit_ms:.3f} |" + "".join(f" {np.median(forward_ms[value][k]):.3f} |"

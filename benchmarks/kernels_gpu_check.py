@@ -211,7 +211,8 @@ def main():
         jobs += [(case, "append") for case in APPEND_CASES if not args.interpret]
         jobs += [(case, "norm") for case in NORM_CASES if not args.interpret]
     from pallas_kernels.skinny_gemm import hopper_gpu
-    jobs += [(case, "skinny") for case in skinny_cases() if hopper_gpu() and not (args.append_only or args.mosaic_only)]
+    if hopper_gpu() and not (args.append_only or args.mosaic_only):
+        jobs += [(case, "skinny") for case in skinny_cases()]
     for case, config in jobs:
         try:
             checks = {"append": check_append, "norm": check_norm, "skinny": check_skinny}

@@ -11,8 +11,8 @@ import pallas_kernels
 # "gpu_mosaic": the Mosaic GPU (Hopper) kernel for attention, with RoPE and the cache append in XLA (the fused
 # Triton kernel of "auto" does those in the same kernel); Triton's kernel where it cannot take the shapes.
 ATTENTION_IMPL_ENV = "FFJAX_ATTENTION"
-_IMPLS = ("auto", "reference", "gpu_mosaic")
-_BACKENDS = {"auto": None, "reference": "reference", "gpu_mosaic": "gpu_mosaic"}
+_BACKENDS = {"auto": None, "reference": "reference", "gpu_mosaic": "gpu_mosaic"}  # impl -> pallas_kernels backend
+_IMPLS = tuple(_BACKENDS)
 
 
 def resolve_impl(impl: str | None = None) -> str:

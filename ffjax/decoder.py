@@ -251,7 +251,8 @@ class DecoderLayer(nn.Module):
             gate_up_out = project(h, gate_up, self.out_in, kernels=self._kernels)
             gate, up = jnp.split(gate_up_out, 2, axis=-1)  # padding rows: silu(0) * 0 = 0
             activation = nn.silu(gate) * up
-        if "down" in matvec_kernels:  # row 0: the activation may carry a GEMM padding row (FFJAX_MATVEC without gate_up)
+        # row 0: the activation may carry a GEMM padding row (FFJAX_MATVEC without gate_up)
+        if "down" in matvec_kernels:
             mlp_out = matvec(activation[:, 0], down).reshape(x.shape)
         else:
             mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels)

@@ -40,7 +40,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.gpu_triton import _sm_count, merge_splits_to_heads
+from pallas_kernels.gpu_triton import _choose_num_splits, _sm_count, merge_splits_to_heads
 from pallas_kernels.query_rows import check_shapes, from_rows, to_rows, visible_key_end
 
 _LOG2E = math.log2(math.e)
@@ -49,27 +49,13 @@ _WGMMA_ROWS = 64
 
 @dataclasses.dataclass(frozen=True)
 class MosaicConfig:
-    """Launch parameters; ``num_splits=None`` is chosen from the shapes (``choose_num_splits``)."""
+    """Launch parameters; ``num_splits=None`` is chosen from the shapes (``gpu_triton._choose_num_splits``)."""
 
     block_kv: int = 128  # keys per pipeline step
     max_concurrent_steps: int = 2  # K/V slots in the shared-memory ring
     compute_warpgroups: int = 2  # 64 query rows each
     num_splits: int | None = None
     schedule_barrier: bool = True  # ping-pong the two compute warpgroups' softmax and products
-
-
-def choose_num_splits(programs_per_split: int, max_splits: int, slots: int) -> int:
-    """Fewest KV splits that keep >= 90% of the SMs busy until the last wave ends (one program per SM: the K/V
-    ring takes most of the shared memory); else the split count that fills the most SMs."""
-    def busy(splits):
-        total = programs_per_split * splits
-        return total / (pl.cdiv(total, slots) * slots)
-
-    candidates = range(1, max(1, max_splits) + 1)
-    for splits in candidates:
-        if busy(splits) >= 0.9:
-            return splits
-    return max(candidates, key=lambda s: (min(programs_per_split * s, slots), busy(s)))
 
 
 def supports(q_shape, k_shape, dtype, config: MosaicConfig = MosaicConfig()) -> bool:
@@ -110,8 +96,9 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
     row_tiles = pl.cdiv(num_rows, rows_per_program)
     padded_rows = row_tiles * rows_per_program
     key_tiles = num_keys // block_kv
-    num_splits = config.num_splits or choose_num_splits(batch * num_kv_heads * row_tiles, max(1, key_tiles // 2),
-                                                         132 if interpret else _sm_count())
+    # One program per SM (the K/V ring takes most of the shared memory): the SMs are the slots.
+    num_splits = config.num_splits or _choose_num_splits(batch * num_kv_heads * row_tiles,
+                                                          132 if interpret else _sm_count(), max(1, key_tiles // 2))
     num_splits = max(1, min(num_splits, key_tiles))
     ring = max(1, min(config.max_concurrent_steps, key_tiles))
     schedule = config.schedule_barrier and warpgroups == 2
@@ -308,4 +295,4 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
                                  out_dtype=dtype, interpret=bool(interpret))
 
 
-__all__ = ["MosaicConfig", "choose_num_splits", "prefix_block_attention", "supports"]
+__all__ = ["MosaicConfig", "prefix_block_attention", "supports"]

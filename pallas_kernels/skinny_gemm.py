@@ -12,8 +12,9 @@ partials [split_k, N, 8] that XLA sums, where N alone gives too few programs to 
 
 Measured on an H200 (BENCHMARKS.md, issue 2): Qwen2.5-7B's down projection (K = 18944) 36.3 µs against XLA's
 39.2 µs back to back over 28 weights, and the 7B decode step 4.020 -> 3.968 ms/token with it (an interleaved
-A/B, ``benchmarks/ab_decode.py``), tokens identical. Elsewhere no config swept beat XLA at M <= 8 (gate_up 69 vs 67 µs, qkv 14 vs 10, o 10 vs 9), so
-``plan`` only returns configs for the shapes where one was measured faster; the decoder asks it per projection.
+A/B, ``benchmarks/ab_decode.py``), tokens identical. Elsewhere no config swept beat XLA at M <= 8 (gate_up 69
+vs 67 µs, qkv 14 vs 10, o 10 vs 9), so ``plan`` only returns configs for the shapes where one was measured
+faster; the decoder asks it per projection.
 The Triton-lowered ``decode_matvec`` stays the 1.5B choice (no tensor cores, but a fused norm and SwiGLU).
 
 Mosaic GPU's interpreter cannot run WGMMA on a transposed shared-memory operand, so the CPU tests check the
