@@ -30,10 +30,10 @@ def attend(q, k, v, q_start, kv_len, *, block_size: int | None, impl: str = "aut
 
 
 def append_and_attend(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads: int, qkv_bias=None,
-                      block_size: int | None, impl: str = "auto"):
+                      block_size: int | None, impl: str = "auto", out_rows: int | None = None):
     """A new block's attention from its raw projections qkv [B, T, Hq + 2 Hkv, D] (bias not yet added): bias,
-    RoPE, the block's K/V written into this layer's cache, attention. Returns (out [B, T, Hq, D], k_cache,
-    v_cache)."""
+    RoPE, the block's K/V written into this layer's cache, attention. Returns (out [B, out_rows or T, Hq, D],
+    k_cache, v_cache): rows past T are zeros (the padding rows of the output projection's GEMM)."""
     return pallas_kernels.append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, num_q_heads=num_q_heads,
                                            qkv_bias=qkv_bias, block_size=block_size,
-                                           backend=_BACKENDS[impl])
+                                           backend=_BACKENDS[impl], out_rows=out_rows)

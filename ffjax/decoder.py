@@ -131,8 +131,8 @@ def gemm_rows(batch: int, num_tokens: int) -> int | None:
 
 
 def pad_rows(x, rows: int | None):
-    """x [B, T, K] with zero rows appended up to ``rows`` (None: unchanged)."""
-    return x if rows is None else jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, 0)))
+    """x [B, T, K] with zero rows appended up to ``rows`` (None, or x already has as many: unchanged)."""
+    return x if rows is None or rows <= x.shape[1] else jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, 0)))
 
 
 def nothing_to_add(x, tokens):
@@ -210,36 +210,47 @@ class DecoderLayer(nn.Module):
             qkv = project(h, qkv_weight, self.out_in, kernels=self._kernels)
         bias = self.param("qkv_bias", nn.initializers.normal(0.02), (qkv_width,), self.dtype) if c.qkv_bias else None
         qkv = qkv.reshape(batch, qkv.shape[1], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
+        o = self._weight("o", c.q_size, c.hidden_size)
         if layer_index is None and mask is None:  # per-layer cache: one fused call adds the bias, rotates, appends
+            # The output projection's GEMM padding rows come from the attention's split merge, not a pad kernel.
+            o_rows = None if "o" in self._matvec(x) else gemm_rows(batch, num_tokens)
             attn, cache_k, cache_v = append_and_attend(qkv, rope_cos, rope_sin, cache_k, cache_v, q_start, kv_len,
                                                        num_q_heads=c.num_heads, qkv_bias=bias,
-                                                       block_size=self.block_size, impl=self.attention_impl)
-            return self._rest(x, attn, cache_k, cache_v)
+                                                       block_size=self.block_size, impl=self.attention_impl,
+                                                       out_rows=o_rows)
+            return self._rest(x, attn, cache_k, cache_v, o)
 
         q, k, v = split_heads(qkv, rope_cos, rope_sin, num_q_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
                               qkv_bias=bias)
         if mask is not None:  # training: no cache, an arbitrary dense mask (grouped K/V heads are shared)
             attn = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
-            return self._rest(x, attn, cache_k, cache_v)
+            return self._rest(x, attn, cache_k, cache_v, o)
         # Stacked cache: write only the new positions of layer `layer_index`, then attend over that layer.
         rows = jnp.arange(batch)[:, None]
         cache_k = cache_k.at[layer_index, rows, write_positions].set(k.astype(cache_k.dtype), mode="drop")
         cache_v = cache_v.at[layer_index, rows, write_positions].set(v.astype(cache_v.dtype), mode="drop")
         attn = attend(q, cache_k[layer_index], cache_v[layer_index], q_start, kv_len, block_size=self.block_size,
                       impl=self.attention_impl)
-        return self._rest(x, attn, cache_k, cache_v)
+        return self._rest(x, attn, cache_k, cache_v, o)
 
-    def _rest(self, x, attn, cache_k, cache_v):
+    def _mlp_rows(self, batch: int, rows: int, down) -> int:
+        """Rows the MLP's norm writes: where the down projection runs as ``skinny_gemm`` (batch 1), the kernel's
+        padded row count, so the zero rows flow through gate_up and SwiGLU instead of a pad kernel before it."""
+        probe = jax.ShapeDtypeStruct((batch, rows, down.shape[1]), down.dtype)
+        if batch == 1 and self._kernels and self.out_in and skinny_gemm_config(probe, down) is not None:
+            return skinny_gemm.padded_rows(rows)
+        return rows
+
+    def _rest(self, x, attn, cache_k, cache_v, o):
         """Output projection and MLP: everything after attention. The MLP's output is returned unadded: the
         next norm (the next layer's, or the final one) adds it in the same kernel."""
         c = self.config
         batch, num_tokens, _ = x.shape
-        o = self._weight("o", c.q_size, c.hidden_size)
         mlp_norm = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="mlp_norm")
         gate_up = self._weight("gate_up", c.hidden_size, 2 * c.intermediate_size)
         down = self._weight("down", c.intermediate_size, c.hidden_size)
         matvec_kernels, rows = self._matvec(x), gemm_rows(batch, num_tokens)
-        attn = attn.reshape(batch, num_tokens, c.q_size)
+        attn = attn.reshape(batch, attn.shape[1], c.q_size)  # may carry the GEMM's padding rows already
         if "o" in matvec_kernels:
             attn_out = matvec(attn.reshape(1, c.q_size), o).reshape(x.shape)
         else:
@@ -247,7 +258,7 @@ class DecoderLayer(nn.Module):
         if "gate_up" in matvec_kernels:
             x, activation = mlp_norm(x, attn_out, then_project=gate_up, swiglu=True)
         else:
-            x, h = mlp_norm(x, attn_out, rows)
+            x, h = mlp_norm(x, attn_out, self._mlp_rows(batch, rows or num_tokens, down))
             gate_up_out = project(h, gate_up, self.out_in, kernels=self._kernels)
             gate, up = jnp.split(gate_up_out, 2, axis=-1)  # padding rows: silu(0) * 0 = 0
             activation = nn.silu(gate) * up

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from pallas_kernels import reference
 
@@ -77,7 +78,7 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
 
 
 def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads, qkv_bias=None, block_size=None,
-                     scale=None, interpret=False, backend: str | None = None):
+                     scale=None, interpret=False, backend: str | None = None, out_rows: int | None = None):
     """A new block's attention from its raw projections, appending its keys and values to the cache.
 
     qkv [B, T, Hq + 2 Hkv, D] before the bias (qkv_bias [(Hq + 2 Hkv) * D] or None) and RoPE; cos, sin
@@ -85,6 +86,8 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     [B, T, Hq, D], k_cache, v_cache with the block written, positions past S dropped). The same as
     ``reference.append_attention``; on GPUs one fused kernel (``gpu_append_attention``), elsewhere the rotation
     and cache writes in XLA and the platform's ``prefix_block_attention``.
+
+    ``out_rows``: the output has that many token rows, zeros past T (the padding rows of the GEMM that reads it).
     """
     if backend is None:
         backend = default_backend(interpret=interpret)
@@ -95,9 +98,12 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
 
         return gpu_append_attention.append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len,
                                                      num_q_heads=num_q_heads, qkv_bias=qkv_bias,
-                                                     block_size=block_size, scale=scale, interpret=interpret)
+                                                     block_size=block_size, scale=scale, interpret=interpret,
+                                                     out_rows=out_rows)
     q, k_cache, v_cache = reference.rotate_and_append(qkv, cos, sin, k_cache, v_cache, q_start,
                                                       num_q_heads=num_q_heads, qkv_bias=qkv_bias)
     out = prefix_block_attention(q, k_cache, v_cache, q_start, kv_len, block_size=block_size, scale=scale,
                                  interpret=interpret, backend=backend)
+    if out_rows is not None:
+        out = jnp.pad(out, ((0, 0), (0, out_rows - out.shape[1]), (0, 0), (0, 0)))
     return out, k_cache, v_cache

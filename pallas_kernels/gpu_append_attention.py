@@ -181,10 +181,14 @@ def plan_fused(config: TritonConfig, *, batch, num_kv_heads, num_rows, num_keys,
     return plan(short, **shape)
 
 
-@functools.partial(jax.jit, static_argnames=("num_q_heads", "block_size", "scale", "interpret", "config"))
+@functools.partial(jax.jit, static_argnames=("num_q_heads", "block_size", "scale", "interpret", "config", "out_rows"))
 def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads, qkv_bias=None,
-                     block_size=None, scale=None, interpret=False, config: TritonConfig | None = None):
-    """Same contract as ``pallas_kernels.reference.append_attention``; runs the fused Triton kernel."""
+                     block_size=None, scale=None, interpret=False, config: TritonConfig | None = None,
+                     out_rows=None):
+    """Same contract as ``pallas_kernels.reference.append_attention``; runs the fused Triton kernel.
+
+    ``out_rows``: the output has that many token rows, zeros past the block (the padding rows of the GEMM that
+    reads it, written by the split merge rather than by a pad kernel)."""
     batch, qkv_rows, num_heads, head_dim = qkv.shape
     num_tokens = cos.shape[1]  # qkv may carry padding rows past the block (a lone row's two-row GEMM)
     num_keys, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -255,10 +259,13 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
         k_cache, v_cache = k_cache[:, :cache_length], v_cache[:, :cache_length]
     if cfg.num_splits > 1:
         out = merge_splits_to_heads(partial_out, partial_lse, num_tokens=num_tokens, group=group,
-                                    rows_per_token=group_pad, out_dtype=qkv.dtype, interpret=interpret)
+                                    rows_per_token=group_pad, out_dtype=qkv.dtype, interpret=interpret,
+                                    out_rows=out_rows)
         return out, k_cache, v_cache
     rows = partial_out[:, :, 0].reshape(batch, num_kv_heads, num_tiles * block_t, group_pad, head_dim)
     out = rows[:, :, :num_tokens, :group].transpose(0, 2, 1, 3, 4).reshape(batch, num_tokens, num_q_heads, head_dim)
+    if out_rows is not None:
+        out = jnp.pad(out, ((0, 0), (0, out_rows - num_tokens), (0, 0), (0, 0)))
     return out.astype(qkv.dtype), k_cache, v_cache
 
 

@@ -180,8 +180,21 @@ def merge_splits(partial_out, partial_lse):
     return merged / jnp.where(total > 0.0, total, 1.0)[..., None]
 
 
-def _merge_kernel(lse_ref, partial_ref, o_ref, *, num_splits, num_kv_heads, group, rows_per_token):
+def _merge_kernel(lse_ref, partial_ref, o_ref, *, num_splits, num_kv_heads, group, rows_per_token, num_tokens):
     kv_head, token, head = pl.program_id(0) % num_kv_heads, pl.program_id(1), pl.program_id(2)
+    merge = functools.partial(_merge_row, lse_ref, partial_ref, o_ref, kv_head, token, head, num_splits=num_splits,
+                              group=group, rows_per_token=rows_per_token)
+    if o_ref.shape[0] == num_tokens:  # no padding rows
+        return merge()
+
+    @pl.when(token >= num_tokens)
+    def _padding_row():
+        o_ref[token, kv_head * group + head, :] = jnp.zeros(o_ref.shape[-1:], o_ref.dtype)
+
+    pl.when(token < num_tokens)(merge)
+
+
+def _merge_row(lse_ref, partial_ref, o_ref, kv_head, token, head, *, num_splits, group, rows_per_token):
     row = token * rows_per_token + head
     # One output row per program: its splits' [splits, D] partials come in one load, so a program is a single
     # round trip to memory however many splits there are.
@@ -198,7 +211,7 @@ def _merge_kernel(lse_ref, partial_ref, o_ref, *, num_splits, num_kv_heads, grou
 
 
 def merge_splits_to_heads(partial_out, partial_lse, *, num_tokens: int, group: int, rows_per_token: int,
-                          out_dtype, interpret: bool = False):
+                          out_dtype, interpret: bool = False, out_rows: int | None = None):
     """``merge_splits`` and the inverse of ``query_rows.to_rows`` in one Triton kernel, where XLA ran three
     (a max, the exponentials, the weighted sum) plus a transpose for every attention call. One program per
     output row (H200, 1.5B decode: 70 µs per token for 28 layers, against 110 for XLA's kernels and 104 for a
@@ -206,21 +219,23 @@ def merge_splits_to_heads(partial_out, partial_lse, *, num_tokens: int, group: i
 
     partial_out [B, Hkv, splits, R, D], partial_lse [B, Hkv, splits, R]: row ``t * rows_per_token + g`` is query
     position t, head g of the KV head's group (rows with g >= ``group`` are padding). Returns [B, T, Hq, D]
-    in ``out_dtype``; a row no split saw comes out as zeros."""
+    in ``out_dtype``; a row no split saw comes out as zeros. ``out_rows``: T rows of output, zeros past
+    ``num_tokens`` (the padding rows of the GEMM that reads it)."""
     batch, num_kv_heads, num_splits, _, head_dim = partial_out.shape
+    out_rows = num_tokens if out_rows is None else out_rows
     num_q_heads = num_kv_heads * group
     kernel = functools.partial(_merge_kernel, num_splits=num_splits, num_kv_heads=num_kv_heads, group=group,
-                               rows_per_token=rows_per_token)
+                               rows_per_token=rows_per_token, num_tokens=num_tokens)
     per_head = lambda *shape: pl.BlockSpec(  # noqa: E731
         (None, None, *shape), lambda bh, t, g: (bh // num_kv_heads, bh % num_kv_heads) + (0,) * len(shape))
     return pl.pallas_call(
         kernel,
         # Batch rows outermost: a row's output block is revisited only by consecutive programs.
-        grid=(batch * num_kv_heads, num_tokens, group),
+        grid=(batch * num_kv_heads, out_rows, group),
         in_specs=[per_head(*partial_lse.shape[2:]), per_head(*partial_out.shape[2:])],
-        out_specs=pl.BlockSpec((None, num_tokens, num_q_heads, head_dim),
+        out_specs=pl.BlockSpec((None, out_rows, num_q_heads, head_dim),
                                lambda bh, t, g: (bh // num_kv_heads, 0, 0, 0)),
-        out_shape=jax.ShapeDtypeStruct((batch, num_tokens, num_q_heads, head_dim), out_dtype),
+        out_shape=jax.ShapeDtypeStruct((batch, out_rows, num_q_heads, head_dim), out_dtype),
         compiler_params=plgpu.CompilerParams(num_warps=2, num_stages=1),
         interpret=interpret,
         name="merge_attention_splits",

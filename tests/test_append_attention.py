@@ -150,6 +150,26 @@ def test_padding_rows_past_the_block_are_never_read():
             np.testing.assert_allclose(got_part, want_part, atol=1e-5)
 
 
+@pytest.mark.parametrize("num_splits", [1, 4], ids=["one-split", "split-merge"])
+def test_out_rows_pads_the_output_with_zero_rows_for_the_next_gemm(num_splits):
+    """A lone decoding row's output projection is a two-row GEMM (ffjax.decoder.gemm_rows): with out_rows=2 the
+    attention writes row 1 as zeros itself (the split merge does, when there are splits), row 0 unchanged."""
+    from pallas_kernels.gpu_triton import TritonConfig
+
+    qkv, qkv_bias, cos, sin, k_cache, v_cache = make_inputs(7, batch=1, tokens=1, num_q_heads=6, num_kv_heads=2,
+                                                            head_dim=32, cache_length=256, q_start=[200],
+                                                            dtype=jnp.float32)
+    args = (qkv, cos, sin, k_cache, v_cache, jnp.array([200], jnp.int32), jnp.array([201], jnp.int32))
+    want, _, _ = reference.append_attention(*args, num_q_heads=6, qkv_bias=qkv_bias)
+    config = TritonConfig(block_k=32, num_splits=num_splits)
+    for got in (gpu_append_attention(*args, num_q_heads=6, qkv_bias=qkv_bias, interpret=True, config=config,
+                                     out_rows=2)[0],
+                pallas_kernels.append_attention(*args, num_q_heads=6, qkv_bias=qkv_bias, out_rows=2)[0]):
+        assert got.shape == (1, 2, 6, 32)
+        np.testing.assert_allclose(got[:, :1], want, atol=1e-5)
+        np.testing.assert_array_equal(got[:, 1:], 0.0)
+
+
 def test_default_dispatch_falls_back_where_the_gpu_kernel_cannot_take_the_head_dim(monkeypatch):
     """On a GPU the default must never fail where the reference works: a head_dim the Triton kernels cannot
     tile (not a power of two, such as 48 or 80) goes through XLA and the reference attention instead."""

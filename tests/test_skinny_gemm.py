@@ -79,8 +79,9 @@ def test_decoder_asks_for_the_kernel_only_on_hopper_and_when_allowed(monkeypatch
 
 def test_a_forward_routes_planned_projections_through_the_kernel(monkeypatch):
     """With the tiny model's down projection planned (the kernel stood in for by its reference, which runs on
-    CPU), a 3-token forward over the per-layer cache calls it once per layer at its rows, and the logits equal
-    XLA's GEMM path; the reference impl (FFJAX_ATTENTION=reference) never calls it."""
+    CPU), a 3-token forward over the per-layer cache calls it once per layer, and the logits equal XLA's GEMM
+    path; the reference impl (FFJAX_ATTENTION=reference) never calls it. The MLP's norm writes the kernel's 8
+    padded rows (zeros past the 3 tokens), so the kernel gets them from SwiGLU and no pad runs before it."""
     config = ModelConfig.from_hf(tiny_models.qwen2_config(num_hidden_layers=2).to_dict())
     params = decoder.init_params(config, jax.random.key(0), dtype=jnp.bfloat16, layout=PER_LAYER)
     tokens = jnp.asarray([[5, 9, 2]], jnp.int32)
@@ -104,7 +105,7 @@ def test_a_forward_routes_planned_projections_through_the_kernel(monkeypatch):
     monkeypatch.setattr(sg, "gpu_skinny_gemm", stand_in)
     forward.clear_cache()
     got = forward("auto")
-    assert calls == [((3, config.intermediate_size), down, sg.SkinnyConfig(block_k=64))] * config.num_layers
+    assert calls == [((8, config.intermediate_size), down, sg.SkinnyConfig(block_k=64))] * config.num_layers
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     calls.clear()
     forward("reference")
