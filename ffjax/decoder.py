@@ -142,17 +142,22 @@ def nothing_to_add(x, tokens):
     return jnp.zeros((batch, gemm_rows(batch, num_tokens) or num_tokens, x.shape[2]), x.dtype)
 
 
-def project(h, weight, out_in: bool, *, kernels: bool = False):
+def project(h, weight, out_in: bool, *, kernels: bool = False, out_rows: int | None = None):
     """h [B, T', K] times weight ([K, N], or [N, K] when ``out_in``) -> [B, T', N]. Padding rows (``gemm_rows``)
     are kept, not sliced off: the kernels that consume projections (``append_attention``,
     ``residual_rms_norm``) read only the real rows, and a slice would be one more copy kernel per projection.
+    ``out_rows``: only the first rows of the product are wanted (h's others pad it for the kernel).
 
     ``kernels``: the [N, K] product may run as ``skinny_gemm``'s tensor-core kernel where its plan has a config
     measured faster than XLA's GEMM (on Hopper GPUs, a few rows; see ``skinny_gemm_config``)."""
     config = skinny_gemm_config(h, weight) if kernels and out_in else None
     if config is not None:
         batch, rows, width = h.shape
-        return skinny_gemm.gpu_skinny_gemm(h.reshape(batch * rows, width), weight, config).reshape(batch, rows, -1)
+        out_rows = out_rows if batch == 1 else None  # the kernel's rows are the batch's rows, flattened
+        y = skinny_gemm.gpu_skinny_gemm(h.reshape(batch * rows, width), weight, config, out_rows=out_rows)
+        return y.reshape(batch, -1, y.shape[-1])
+    if out_rows is not None:
+        h = h[:, :out_rows]
     return jax.lax.dot_general(h, weight, (((2,), (1 if out_in else 0,)), ((), ())))
 
 
@@ -266,7 +271,8 @@ class DecoderLayer(nn.Module):
         if "down" in matvec_kernels:
             mlp_out = matvec(activation[:, 0], down).reshape(x.shape)
         else:
-            mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels)
+            mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels,
+                              out_rows=rows or num_tokens)
         return (x, mlp_out, cache_k, cache_v), None
 
 
