@@ -5,11 +5,14 @@
 The 1.5B decode is launch-bound (BENCHMARKS.md): this counts the instructions of the loop body in XLA's
 optimized HLO that run as kernels (fusions, library calls, copies, scatters, ...), expanding nested loops by
 their known trip counts, so each change to the decoder can be judged by how many kernels a token costs before it
-is timed. Counts come from the HLO of the platform it runs on (the GPU's differs from the CPU's).
+is timed. Counts come from the HLO of the platform it runs on (the GPU's differs from the CPU's). Where the HLO
+has XLA:GPU's ``command_buffer`` computations, it also counts the kernels launched outside them (not in a CUDA
+graph).
 
 ``--profile`` also runs the loop under JAX's profiler and reads what the device really executed: kernels per
 token, the time they kept the device busy, and the idle gaps between them (wall per token minus busy is the
-launch and synchronisation overhead).
+launch and synchronisation overhead). XLA turns command buffers off while profiling
+(``xla_enable_command_buffers_during_profiling``), so a profile's gaps are larger than an unprofiled run's.
 """
 
 from __future__ import annotations
@@ -63,9 +66,17 @@ def kernel_kind(opcode: str, rest: str) -> str:
     return opcode
 
 
-def count_kernels(comps: dict, name: str) -> collections.Counter:
-    """Kernels one run of computation ``name`` launches; nested while bodies count trip-count times."""
+def is_command_buffer(name: str) -> bool:
+    """XLA:GPU's command-buffer scheduling moves runs of kernels into computations named ``command_buffer*``,
+    called from the schedule and launched as one CUDA graph."""
+    return name.startswith("command_buffer")
+
+
+def count_kernels(comps: dict, name: str, *, outside_graphs: bool = False) -> collections.Counter:
+    """Kernels one run of computation ``name`` launches; nested while bodies count trip-count times.
+    ``outside_graphs``: only those launched one by one, not inside a command buffer (CUDA graph)."""
     counts = collections.Counter()
+    count = functools.partial(count_kernels, comps, outside_graphs=outside_graphs)
     for line in comps[name]:
         match = _INSTRUCTION.match(line)
         if not match:
@@ -76,14 +87,15 @@ def count_kernels(comps: dict, name: str) -> collections.Counter:
         if opcode == "while":
             body = re.search(r"body=%?([\w.\-]+)", rest).group(1)
             trips = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', rest)
-            inner = count_kernels(comps, body)
+            inner = count(body)
             counts.update({k: v * (int(trips.group(1)) if trips else 1) for k, v in inner.items()})
             if not trips:
                 counts["while with an unknown trip count (counted once)"] += 1
         elif opcode in ("call", "conditional"):
             for callee in re.findall(r"(?:to_apply|branch_computations=\{|true_computation|false_computation)"
                                      r"=?%?([\w.\-]+)", rest)[:1]:
-                counts.update(count_kernels(comps, callee))
+                if not (outside_graphs and is_command_buffer(callee)):
+                    counts.update(count(callee))
         else:
             counts[kernel_kind(opcode, rest)] += 1
     return counts
@@ -174,15 +186,24 @@ def decode_loop_hlo(config, params, context: int) -> str:
     return compiled_decode_loop(config, params, context)[0].as_text()
 
 
-def step_kernels(hlo: str) -> collections.Counter:
-    """Kernels per decode step: the body of the entry computation's outermost while loop."""
+def step_kernels(hlo: str, *, outside_graphs: bool = False) -> collections.Counter:
+    """Kernels per decode step: the body of the entry computation's outermost while loop (which may sit in a
+    command buffer of its own: then every kernel of a step is inside a CUDA graph). ``outside_graphs``: see
+    ``count_kernels``."""
     comps = computations(hlo)
     entry = next(m.group(1) for m in re.finditer(r"^ENTRY\s+%?([\w.\-]+)", hlo, re.M))
-    bodies = [re.search(r"body=%?([\w.\-]+)", line).group(1) for line in comps[entry]
-              if (m := _INSTRUCTION.match(line)) and m.group(1) == "while"]
-    if len(bodies) != 1:
-        raise RuntimeError(f"expected one decode loop in the entry computation, found {len(bodies)}")
-    return count_kernels(comps, bodies[0])
+    graphs = [callee for line in comps[entry] for callee in re.findall(r"to_apply=%?([\w.\-]+)", line)
+              if is_command_buffer(callee)]
+    loops = []  # (body, inside a command buffer)
+    for caller, in_graph in [(entry, False)] + [(graph, True) for graph in graphs]:
+        loops += [(re.search(r"body=%?([\w.\-]+)", line).group(1), in_graph) for line in comps[caller]
+                  if (m := _INSTRUCTION.match(line)) and m.group(1) == "while"]
+    if len(loops) != 1:
+        raise RuntimeError(f"expected one decode loop in the entry computation, found {len(loops)}")
+    body, in_graph = loops[0]
+    if outside_graphs and in_graph:
+        return collections.Counter()
+    return count_kernels(comps, body, outside_graphs=outside_graphs)
 
 
 def main(argv=None) -> int:
@@ -205,14 +226,25 @@ def main(argv=None) -> int:
             f.write(hlo)
     counts = step_kernels(hlo)
     total = sum(counts.values())
+    ungraphed = step_kernels(hlo, outside_graphs=True)
     device = jax.devices()[0].device_kind
     results = {"device": device, "shape": args.shape, "context": args.context, "label": args.label,
-               "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernels_per_step": total, "by_kind": dict(counts)}
+               "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernels_per_step": total, "by_kind": dict(counts),
+               "outside_command_buffers": dict(ungraphed)}
     print(f"{device}, {args.shape}, {args.context}-token context {args.label}: {total} kernels per decode step "
           f"in the HLO ({total / config.num_layers:.1f} per layer)")
     print("| kind | per step |\n|---|---|")
     for kind, n in counts.most_common():
         print(f"| {kind} | {n} |")
+    # Each kernel launched outside a CUDA graph, and each graph launch between them, costs wall time that a
+    # profile (run without command buffers) does not show.
+    if any(is_command_buffer(name) for name in computations(hlo)):
+        print(f"launched outside command buffers (CUDA graphs): {sum(ungraphed.values())} per step "
+              f"{dict(ungraphed.most_common())}")
+    else:  # newer XLA may form its graphs from the thunk sequence, after the HLO
+        print("the optimized HLO has no command_buffer computations: which kernels run in CUDA graphs is not "
+              "known from it")
+        results["outside_command_buffers"] = None
     if args.profile:
         results["profile"] = profile_steps(compiled, loop_args, NEW_TOKENS - 1)
         print_profile(results["profile"], "token")
