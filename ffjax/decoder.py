@@ -142,22 +142,17 @@ def nothing_to_add(x, tokens):
     return jnp.zeros((batch, gemm_rows(batch, num_tokens) or num_tokens, x.shape[2]), x.dtype)
 
 
-def project(h, weight, out_in: bool, *, kernels: bool = False, out_rows: int | None = None):
+def project(h, weight, out_in: bool, *, kernels: bool = False):
     """h [B, T', K] times weight ([K, N], or [N, K] when ``out_in``) -> [B, T', N]. Padding rows (``gemm_rows``)
     are kept, not sliced off: the kernels that consume projections (``append_attention``,
     ``residual_rms_norm``) read only the real rows, and a slice would be one more copy kernel per projection.
-    ``out_rows``: only the first rows of the product are wanted (h's others pad it for the kernel).
 
     ``kernels``: the [N, K] product may run as ``skinny_gemm``'s tensor-core kernel where its plan has a config
     measured faster than XLA's GEMM (on Hopper GPUs, a few rows; see ``skinny_gemm_config``)."""
     config = skinny_gemm_config(h, weight) if kernels and out_in else None
     if config is not None:
         batch, rows, width = h.shape
-        out_rows = out_rows if batch == 1 else None  # the kernel's rows are the batch's rows, flattened
-        y = skinny_gemm.gpu_skinny_gemm(h.reshape(batch * rows, width), weight, config, out_rows=out_rows)
-        return y.reshape(batch, -1, y.shape[-1])
-    if out_rows is not None:
-        h = h[:, :out_rows]
+        return skinny_gemm.gpu_skinny_gemm(h.reshape(batch * rows, width), weight, config).reshape(batch, rows, -1)
     return jax.lax.dot_general(h, weight, (((2,), (1 if out_in else 0,)), ((), ())))
 
 
@@ -238,14 +233,6 @@ class DecoderLayer(nn.Module):
                       impl=self.attention_impl)
         return self._rest(x, attn, cache_k, cache_v, o)
 
-    def _mlp_rows(self, batch: int, rows: int, down) -> int:
-        """Rows the MLP's norm writes: where the down projection runs as ``skinny_gemm`` (batch 1), the kernel's
-        padded row count, so the zero rows flow through gate_up and SwiGLU instead of a pad kernel before it."""
-        probe = jax.ShapeDtypeStruct((batch, rows, down.shape[1]), down.dtype)
-        if batch == 1 and self._kernels and self.out_in and skinny_gemm_config(probe, down) is not None:
-            return skinny_gemm.padded_rows(rows)
-        return rows
-
     def _rest(self, x, attn, cache_k, cache_v, o):
         """Output projection and MLP: everything after attention. The MLP's output is returned unadded: the
         next norm (the next layer's, or the final one) adds it in the same kernel."""
@@ -263,7 +250,7 @@ class DecoderLayer(nn.Module):
         if "gate_up" in matvec_kernels:
             x, activation = mlp_norm(x, attn_out, then_project=gate_up, swiglu=True)
         else:
-            x, h = mlp_norm(x, attn_out, self._mlp_rows(batch, rows or num_tokens, down))
+            x, h = mlp_norm(x, attn_out, rows)
             gate_up_out = project(h, gate_up, self.out_in, kernels=self._kernels)
             gate, up = jnp.split(gate_up_out, 2, axis=-1)  # padding rows: silu(0) * 0 = 0
             activation = nn.silu(gate) * up
@@ -271,8 +258,7 @@ class DecoderLayer(nn.Module):
         if "down" in matvec_kernels:
             mlp_out = matvec(activation[:, 0], down).reshape(x.shape)
         else:
-            mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels,
-                              out_rows=rows or num_tokens)
+            mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels)
         return (x, mlp_out, cache_k, cache_v), None
 
 

@@ -106,16 +106,10 @@ def _check(x, weight, config: SkinnyConfig):
         raise ValueError(f"block_k {c.block_k} (a multiple of 64) times split_k {c.split_k} must divide K = {width}")
 
 
-def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig(), *, out_rows: int | None = None):
-    """x [M <= 8, K] @ weight [N, K].T -> [M, N] in x's dtype (float32 accumulation), the Mosaic GPU kernel.
-
-    ``out_rows``: return only the product's first rows (x's others are zero padding that nobody reads), so the
-    XLA epilogue (split-K sum, transpose) stays one small kernel."""
+def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig()):
+    """x [M <= 8, K] @ weight [N, K].T -> [M, N] in x's dtype (float32 accumulation), the Mosaic GPU kernel."""
     _check(x, weight, config)
     rows, width = x.shape
-    out_rows = rows if out_rows is None else out_rows
-    if not 0 < out_rows <= rows:
-        raise ValueError(f"out_rows must be in [1, {rows}], got {out_rows}")
     num_out = weight.shape[0]
     block_n, block_k, split_k = config.block_n, config.block_k, config.split_k
     row_pad = padded_rows(rows)
@@ -160,7 +154,7 @@ def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig(), *, out_row
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup))
     partials = kernel(weight, x_padded)
     y_t = partials[0] if split_k == 1 else partials.sum(axis=0)
-    return y_t[:, :out_rows].T.astype(x.dtype)
+    return y_t[:, :rows].T.astype(x.dtype)
 
 
 __all__ = ["MAX_ROWS", "PLANS", "SKINNY_ENV", "SkinnyConfig", "enabled", "gpu_skinny_gemm", "hopper_gpu", "plan",

@@ -64,15 +64,6 @@ def test_bad_shapes_and_dtypes_are_refused_before_lowering(x, w, config, message
         jax.eval_shape(lambda x, w: sg.gpu_skinny_gemm(x, w, config), x, w)
 
 
-def test_out_rows_returns_only_the_leading_rows_of_the_product():
-    x, w, config = shape(8, 18944), shape(3584, 18944), sg.PLANS[(8, 3584, 18944)]
-    out = jax.eval_shape(lambda x, w: sg.gpu_skinny_gemm(x, w, config, out_rows=2), x, w)
-    assert (out.shape, out.dtype) == ((2, 3584), jnp.bfloat16)
-    for bad in (0, 9):
-        with pytest.raises(ValueError, match=r"out_rows must be in \[1, 8\]"):
-            jax.eval_shape(lambda x, w: sg.gpu_skinny_gemm(x, w, config, out_rows=bad), x, w)
-
-
 def test_decoder_asks_for_the_kernel_only_on_hopper_and_when_allowed(monkeypatch):
     h, w = jnp.zeros((1, 2, 18944), jnp.bfloat16), shape(3584, 18944)
     assert decoder.skinny_gemm_config(h, w) is None  # this CPU
@@ -88,10 +79,8 @@ def test_decoder_asks_for_the_kernel_only_on_hopper_and_when_allowed(monkeypatch
 
 def test_a_forward_routes_planned_projections_through_the_kernel(monkeypatch):
     """With the tiny model's down projection planned (the kernel stood in for by its reference, which runs on
-    CPU), a 3-token forward over the per-layer cache calls it once per layer, and the logits equal XLA's GEMM
-    path; the reference impl (FFJAX_ATTENTION=reference) never calls it. The MLP's norm writes the kernel's 8
-    padded rows (zeros past the 3 tokens), so the kernel gets them from SwiGLU and no pad runs before it; only
-    the 3 real rows of its product are asked for."""
+    CPU), a 3-token forward over the per-layer cache calls it once per layer at its rows, and the logits equal
+    XLA's GEMM path; the reference impl (FFJAX_ATTENTION=reference) never calls it."""
     config = ModelConfig.from_hf(tiny_models.qwen2_config(num_hidden_layers=2).to_dict())
     params = decoder.init_params(config, jax.random.key(0), dtype=jnp.bfloat16, layout=PER_LAYER)
     tokens = jnp.asarray([[5, 9, 2]], jnp.int32)
@@ -105,9 +94,9 @@ def test_a_forward_routes_planned_projections_through_the_kernel(monkeypatch):
     expected = forward("auto")
     calls = []
 
-    def stand_in(x, weight, plan, *, out_rows):
-        calls.append((x.shape, weight.shape, plan, out_rows))
-        return sg.reference(x, weight)[:out_rows]
+    def stand_in(x, weight, plan):
+        calls.append((x.shape, weight.shape, plan))
+        return sg.reference(x, weight)
 
     down = (config.hidden_size, config.intermediate_size)
     monkeypatch.setattr(sg, "hopper_gpu", lambda: True)
@@ -115,7 +104,7 @@ def test_a_forward_routes_planned_projections_through_the_kernel(monkeypatch):
     monkeypatch.setattr(sg, "gpu_skinny_gemm", stand_in)
     forward.clear_cache()
     got = forward("auto")
-    assert calls == [((8, config.intermediate_size), down, sg.SkinnyConfig(block_k=64), 3)] * config.num_layers
+    assert calls == [((3, config.intermediate_size), down, sg.SkinnyConfig(block_k=64))] * config.num_layers
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     calls.clear()
     forward("reference")
