@@ -89,6 +89,8 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
 
     ``out_rows``: the output has that many token rows, zeros past T (the padding rows of the GEMM that reads it).
     """
+    if out_rows is not None and out_rows < cos.shape[1]:
+        raise ValueError(f"out_rows ({out_rows}) must be at least the block's {cos.shape[1]} tokens")
     if backend is None:
         backend = default_backend(interpret=interpret)
         if backend == "gpu_triton" and not _fits_triton(qkv.shape[-1], min_head_dim=32):

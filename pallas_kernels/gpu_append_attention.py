@@ -199,6 +199,8 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     if cos.shape != (batch, num_tokens, head_dim // 2) or sin.shape != cos.shape or qkv_rows < num_tokens:
         raise ValueError(f"cos, sin must be [B, T, D/2] with T <= qkv's {qkv_rows} rows and D = {head_dim}; got "
                          f"{cos.shape}, {sin.shape}")
+    if out_rows is not None and out_rows < num_tokens:
+        raise ValueError(f"out_rows ({out_rows}) must be at least the block's {num_tokens} tokens")
     group = num_q_heads // num_kv_heads
     group_pad = _next_power_of_two(group)
     scale = head_dim ** -0.5 if scale is None else scale

@@ -223,6 +223,8 @@ def merge_splits_to_heads(partial_out, partial_lse, *, num_tokens: int, group: i
     ``num_tokens`` (the padding rows of the GEMM that reads it)."""
     batch, num_kv_heads, num_splits, _, head_dim = partial_out.shape
     out_rows = num_tokens if out_rows is None else out_rows
+    if out_rows < num_tokens:
+        raise ValueError(f"out_rows ({out_rows}) must be at least num_tokens ({num_tokens})")
     num_q_heads = num_kv_heads * group
     kernel = functools.partial(_merge_kernel, num_splits=num_splits, num_kv_heads=num_kv_heads, group=group,
                                rows_per_token=rows_per_token, num_tokens=num_tokens)

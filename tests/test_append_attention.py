@@ -168,6 +168,9 @@ def test_out_rows_pads_the_output_with_zero_rows_for_the_next_gemm(num_splits):
         assert got.shape == (1, 2, 6, 32)
         np.testing.assert_allclose(got[:, :1], want, atol=1e-5)
         np.testing.assert_array_equal(got[:, 1:], 0.0)
+    for append in (gpu_append_attention, pallas_kernels.append_attention):
+        with pytest.raises(ValueError, match=r"out_rows \(0\) must be at least the block's 1 tokens"):
+            append(*args, num_q_heads=6, qkv_bias=qkv_bias, out_rows=0)
 
 
 def test_default_dispatch_falls_back_where_the_gpu_kernel_cannot_take_the_head_dim(monkeypatch):
