@@ -210,7 +210,6 @@ class DecoderLayer(nn.Module):
             qkv = project(h, qkv_weight, self.out_in, kernels=self._kernels)
         bias = self.param("qkv_bias", nn.initializers.normal(0.02), (qkv_width,), self.dtype) if c.qkv_bias else None
         qkv = qkv.reshape(batch, qkv.shape[1], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
-        o = self._weight("o", c.q_size, c.hidden_size)
         if layer_index is None and mask is None:  # per-layer cache: one fused call adds the bias, rotates, appends
             # The output projection's GEMM padding rows come from the attention's split merge, not a pad kernel.
             o_rows = None if "o" in self._matvec(x) else gemm_rows(batch, num_tokens)
@@ -218,26 +217,27 @@ class DecoderLayer(nn.Module):
                                                        num_q_heads=c.num_heads, qkv_bias=bias,
                                                        block_size=self.block_size, impl=self.attention_impl,
                                                        out_rows=o_rows)
-            return self._rest(x, attn, cache_k, cache_v, o)
+            return self._rest(x, attn, cache_k, cache_v)
 
         q, k, v = split_heads(qkv, rope_cos, rope_sin, num_q_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
                               qkv_bias=bias)
         if mask is not None:  # training: no cache, an arbitrary dense mask (grouped K/V heads are shared)
             attn = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
-            return self._rest(x, attn, cache_k, cache_v, o)
+            return self._rest(x, attn, cache_k, cache_v)
         # Stacked cache: write only the new positions of layer `layer_index`, then attend over that layer.
         rows = jnp.arange(batch)[:, None]
         cache_k = cache_k.at[layer_index, rows, write_positions].set(k.astype(cache_k.dtype), mode="drop")
         cache_v = cache_v.at[layer_index, rows, write_positions].set(v.astype(cache_v.dtype), mode="drop")
         attn = attend(q, cache_k[layer_index], cache_v[layer_index], q_start, kv_len, block_size=self.block_size,
                       impl=self.attention_impl)
-        return self._rest(x, attn, cache_k, cache_v, o)
+        return self._rest(x, attn, cache_k, cache_v)
 
-    def _rest(self, x, attn, cache_k, cache_v, o):
+    def _rest(self, x, attn, cache_k, cache_v):
         """Output projection and MLP: everything after attention. The MLP's output is returned unadded: the
         next norm (the next layer's, or the final one) adds it in the same kernel."""
         c = self.config
         batch, num_tokens, _ = x.shape
+        o = self._weight("o", c.q_size, c.hidden_size)
         mlp_norm = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="mlp_norm")
         gate_up = self._weight("gate_up", c.hidden_size, 2 * c.intermediate_size)
         down = self._weight("down", c.intermediate_size, c.hidden_size)
