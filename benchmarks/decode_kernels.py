@@ -226,11 +226,13 @@ def main(argv=None) -> int:
             f.write(hlo)
     counts = step_kernels(hlo)
     total = sum(counts.values())
-    ungraphed = step_kernels(hlo, outside_graphs=True)
+    # Newer XLA may form its graphs from the thunk sequence, after the HLO: then the HLO cannot tell.
+    has_graphs = any(is_command_buffer(name) for name in computations(hlo))
+    ungraphed = step_kernels(hlo, outside_graphs=True) if has_graphs else None
     device = jax.devices()[0].device_kind
     results = {"device": device, "shape": args.shape, "context": args.context, "label": args.label,
                "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernels_per_step": total, "by_kind": dict(counts),
-               "outside_command_buffers": dict(ungraphed)}
+               "outside_command_buffers": None if ungraphed is None else dict(ungraphed)}
     print(f"{device}, {args.shape}, {args.context}-token context {args.label}: {total} kernels per decode step "
           f"in the HLO ({total / config.num_layers:.1f} per layer)")
     print("| kind | per step |\n|---|---|")
@@ -238,13 +240,12 @@ def main(argv=None) -> int:
         print(f"| {kind} | {n} |")
     # Each kernel launched outside a CUDA graph, and each graph launch between them, costs wall time that a
     # profile (run without command buffers) does not show.
-    if any(is_command_buffer(name) for name in computations(hlo)):
+    if has_graphs:
         print(f"launched outside command buffers (CUDA graphs): {sum(ungraphed.values())} per step "
               f"{dict(ungraphed.most_common())}")
-    else:  # newer XLA may form its graphs from the thunk sequence, after the HLO
+    else:
         print("the optimized HLO has no command_buffer computations: which kernels run in CUDA graphs is not "
               "known from it")
-        results["outside_command_buffers"] = None
     if args.profile:
         results["profile"] = profile_steps(compiled, loop_args, NEW_TOKENS - 1)
         print_profile(results["profile"], "token")

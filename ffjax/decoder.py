@@ -131,8 +131,8 @@ def gemm_rows(batch: int, num_tokens: int) -> int | None:
 
 
 def pad_rows(x, rows: int | None):
-    """x [B, T, K] with zero rows appended up to ``rows`` (None, or x already has as many: unchanged)."""
-    return x if rows is None or rows <= x.shape[1] else jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, 0)))
+    """x [B, T, K] with zero rows appended up to ``rows`` (None: unchanged)."""
+    return x if rows is None else jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, 0)))
 
 
 def nothing_to_add(x, tokens):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from pallas_kernels import reference
 
@@ -106,6 +105,4 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
                                                       num_q_heads=num_q_heads, qkv_bias=qkv_bias)
     out = prefix_block_attention(q, k_cache, v_cache, q_start, kv_len, block_size=block_size, scale=scale,
                                  interpret=interpret, backend=backend)
-    if out_rows is not None:
-        out = jnp.pad(out, ((0, 0), (0, out_rows - out.shape[1]), (0, 0), (0, 0)))
-    return out, k_cache, v_cache
+    return reference.pad_token_rows(out, out_rows), k_cache, v_cache

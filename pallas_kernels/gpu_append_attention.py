@@ -29,6 +29,7 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels.gpu_triton import (_H100_SM_COUNT, TritonConfig, _next_power_of_two, _sm_count,
                                        merge_splits_to_heads, online_softmax_update, plan)
 from pallas_kernels.query_rows import visible_key_end
+from pallas_kernels.reference import pad_token_rows
 
 
 def _rotate(x1, x2, cos, sin, dtype):
@@ -266,9 +267,7 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
         return out, k_cache, v_cache
     rows = partial_out[:, :, 0].reshape(batch, num_kv_heads, num_tiles * block_t, group_pad, head_dim)
     out = rows[:, :, :num_tokens, :group].transpose(0, 2, 1, 3, 4).reshape(batch, num_tokens, num_q_heads, head_dim)
-    if out_rows is not None:
-        out = jnp.pad(out, ((0, 0), (0, out_rows - num_tokens), (0, 0), (0, 0)))
-    return out.astype(qkv.dtype), k_cache, v_cache
+    return pad_token_rows(out.astype(qkv.dtype), out_rows), k_cache, v_cache
 
 
 __all__ = ["append_attention", "plan_fused"]

@@ -48,6 +48,14 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
     return out.reshape(batch, num_queries, num_q_heads, head_dim).astype(q.dtype)
 
 
+def pad_token_rows(out, rows: int | None):
+    """out [B, T, ...] with zero token rows appended up to ``rows`` (None: unchanged): the padding rows of the
+    GEMM that reads an attention output (``append_attention``'s ``out_rows``)."""
+    if rows is None:
+        return out
+    return jnp.pad(out, ((0, 0), (0, rows - out.shape[1])) + ((0, 0),) * (out.ndim - 2))
+
+
 def apply_rope(x, cos, sin):
     """Rotates x [B, T, H, D] by the half-split (rotate_half) convention HF uses; cos, sin [B, T, D // 2]
     float32. Computed in float32, returned in x's dtype."""
