@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 
+import jax
 
 import pallas_kernels
 
-# "auto": the platform's Pallas kernel where one exists, else the jnp reference. "reference": always jnp.
-# "gpu_mosaic": the Mosaic GPU (Hopper) kernel for attention, with RoPE and the cache append in XLA (the fused
-# Triton kernel of "auto" does those in the same kernel); Triton's kernel where it cannot take the shapes.
+# "auto": the platform's Pallas kernel where one exists, else the jnp reference; on Hopper GPUs the Mosaic GPU kernel
+# for long blocks over large caches, Triton's fused kernel otherwise (``pallas_kernels.dispatch.gpu_append_backend``).
+# "reference": always jnp. "gpu_triton": always the Triton kernels on GPUs. "gpu_mosaic": always the Mosaic GPU
+# (Hopper) kernel for attention, with RoPE and the cache append in XLA (the fused Triton kernel does those in the
+# same kernel); Triton's kernel where it cannot take the shapes.
 ATTENTION_IMPL_ENV = "FFJAX_ATTENTION"
-_BACKENDS = {"auto": None, "reference": "reference", "gpu_mosaic": "gpu_mosaic"}  # impl -> pallas_kernels backend
+_BACKENDS = {"auto": None, "reference": "reference", "gpu_triton": "gpu_triton",
+             "gpu_mosaic": "gpu_mosaic"}  # impl -> pallas_kernels backend
 _IMPLS = tuple(_BACKENDS)
 
 
@@ -19,6 +23,9 @@ def resolve_impl(impl: str | None = None) -> str:
     impl = impl or os.environ.get(ATTENTION_IMPL_ENV, "auto")
     if impl not in _IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {_IMPLS}")
+    if impl.startswith("gpu_") and jax.default_backend() != "gpu":
+        raise ValueError(f"attention implementation {impl!r} runs GPU kernels, but JAX's platform is "
+                         f"{jax.default_backend()!r}; use 'auto' or 'reference'")
     return impl
 
 

@@ -401,7 +401,8 @@ def decode(config: ModelConfig, params: Params, tokens, cache: KVCache, *, block
            attention_impl: str | None = None):
     """Pure forward: (final hidden [B, T, D], cache with the block's K/V written; length unchanged).
 
-    ``attention_impl``: "auto" (the platform's kernel) or "reference"; default from $FFJAX_ATTENTION, else auto."""
+    ``attention_impl``: "auto" (the platform's kernels), "reference", or on GPUs "gpu_triton" / "gpu_mosaic" (see
+    ``ffjax.attention``); default from $FFJAX_ATTENTION, else auto."""
     block_size = default_block_size(config) if block_size == "default" else block_size
     attention_impl = resolve_impl(attention_impl)
     module = _module(config, params_dtype(params), block_size, attention_impl, layout_of(params))

@@ -32,6 +32,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.dispatch import hopper_gpu
+
 # WGMMA's shapes: the A (weight) tile is a multiple of 64 rows; B (token rows) a multiple of 8 columns.
 _WGMMA_ROWS = 64
 _ROW_PAD = 8
@@ -69,12 +71,6 @@ def plan(rows: int, num_out: int, width: int) -> SkinnyConfig | None:
     if rows > MAX_ROWS:
         return None
     return PLANS.get((padded_rows(rows), num_out, width))
-
-
-def hopper_gpu() -> bool:
-    """Whether JAX's default device is a Hopper GPU (WGMMA and TMA are sm_90 instructions)."""
-    device = jax.devices()[0]
-    return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
 
 
 def enabled() -> bool:

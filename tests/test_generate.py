@@ -111,3 +111,11 @@ def test_attention_implementation_switch_is_validated(model, monkeypatch):
     monkeypatch.setenv("FFJAX_ATTENTION", "reference")
     np.testing.assert_array_equal(ffjax.generate(model, [1, 2, 3], 4).tokens,
                                   ffjax.generate(model, [1, 2, 3], 4).tokens)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="GPU kernels are allowed on a GPU")
+@pytest.mark.parametrize("impl", ["gpu_triton", "gpu_mosaic"])
+def test_forcing_a_gpu_kernel_off_the_gpu_is_refused_by_name(model, monkeypatch, impl):
+    monkeypatch.setenv("FFJAX_ATTENTION", impl)
+    with pytest.raises(ValueError, match=f"{impl}.*runs GPU kernels"):
+        ffjax.generate(model, [1, 2, 3], 4)

@@ -78,3 +78,24 @@ def test_shapes_it_cannot_take_are_refused_by_name():
     q, k, v, q_start, kv_len = inputs((1, 3, 4, 2, 64, 200, None, [100], [103], None))
     with pytest.raises(ValueError, match="cache length a multiple of 128"):
         gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, interpret=True)
+
+
+QWEN_7B_CACHE = lambda keys: (1, keys, 4, 128)  # noqa: E731  (batch, keys, KV heads, head_dim)
+QWEN_1_5B_CACHE = lambda keys: (1, keys, 2, 128)  # noqa: E731
+
+
+@pytest.mark.parametrize("num_tokens,cache,dtype,hopper,expected", [
+    (32, QWEN_7B_CACHE(16384), jnp.bfloat16, True, "gpu_mosaic"),  # a verify over 16.8 MB of K/V per layer
+    (16, QWEN_7B_CACHE(8192), jnp.bfloat16, True, "gpu_mosaic"),
+    (32, QWEN_1_5B_CACHE(16384), jnp.bfloat16, True, "gpu_mosaic"),  # a drafter block over 16k keys
+    (32, QWEN_1_5B_CACHE(8192), jnp.bfloat16, True, "gpu_triton"),  # 8.4 MB: Triton measured faster
+    (64, QWEN_7B_CACHE(4096), jnp.bfloat16, True, "gpu_triton"),
+    (1, QWEN_7B_CACHE(32768), jnp.bfloat16, True, "gpu_triton"),  # a decoding row: the fused kernel
+    (15, QWEN_7B_CACHE(32768), jnp.bfloat16, True, "gpu_triton"),
+    (32, QWEN_7B_CACHE(16384), jnp.bfloat16, False, "gpu_triton"),  # not Hopper: no WGMMA
+    (32, QWEN_7B_CACHE(16384), jnp.float32, True, "gpu_triton"),  # Mosaic takes bf16/f16 only
+    (32, QWEN_7B_CACHE(16400), jnp.bfloat16, True, "gpu_triton"),  # not whole 128-key tiles
+])
+def test_default_gpu_append_kernel_is_mosaic_only_for_long_blocks_over_large_caches(num_tokens, cache, dtype,
+                                                                                      hopper, expected):
+    assert pallas_kernels.dispatch.gpu_append_backend(num_tokens, cache, dtype, hopper=hopper) == expected
