@@ -34,7 +34,7 @@ import numpy as np
 from ffjax.attention import append_and_attend, attend, resolve_impl
 from ffjax.config import ModelConfig
 from ffjax.kv_cache import PER_LAYER, STACKED, KVCache, default_layout
-from pallas_kernels import skinny_gemm
+from pallas_kernels import skinny_gemm, swiglu_gemm
 from pallas_kernels.decode_matvec import matvec
 from pallas_kernels.reference import split_heads
 from pallas_kernels.residual_rms_norm import residual_rms_norm
@@ -104,9 +104,17 @@ class RMSNorm(nn.Module):
         """(x + delta, RMSNorm(x + delta)); delta None adds nothing. ``rows``: pad the normed output with zero
         rows to that many (see ``gemm_rows``).
 
-        ``then_project`` (a weight [out, in]; x one row [1, 1, D]): returns (x + delta, the normed row times
-        that weight) instead, with the SwiGLU of ``decode_matvec`` if ``swiglu``, in one kernel on GPUs."""
+        ``then_project`` (a weight [out, in]): returns (x + delta, the normed rows times that weight) instead, in
+        one kernel on GPUs: for one row [1, 1, D] ``decode_matvec``'s (with its SwiGLU if ``swiglu``), for a
+        block ``swiglu_gemm``'s (the weight is [gate; up] and the SwiGLU is taken)."""
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        if then_project is not None and x.shape[0] * x.shape[1] > 1:
+            if not swiglu:
+                raise ValueError("a block's fused projection is the MLP's gate_up with its SwiGLU")
+            flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+            total, y = swiglu_gemm.gpu_swiglu_gemm(flat(x), then_project, residual=None if delta is None
+                                                   else flat(delta[:, :x.shape[1]]), norm_scale=scale, eps=self.eps)
+            return total.reshape(x.shape), y.reshape(*x.shape[:-1], -1)
         if then_project is not None:
             # delta may carry GEMM padding rows past the real one (``gemm_rows``): the kernel reads row 0 only.
             total, y = matvec(x.reshape(1, -1), then_project, norm_scale=scale, eps=self.eps, swiglu=swiglu,
@@ -163,6 +171,14 @@ def skinny_gemm_config(h, weight) -> skinny_gemm.SkinnyConfig | None:
     if not (skinny_gemm.enabled() and h.dtype == weight.dtype == jnp.bfloat16 and skinny_gemm.hopper_gpu()):
         return None
     return skinny_gemm.plan(batch * rows, weight.shape[0], width)
+
+
+def swiglu_gemm_applies(x, weight) -> bool:
+    """Whether the MLP's norm, gate_up product and SwiGLU of the block x [B, T, K] (weight [2I, K]) run as one
+    ``pallas_kernels.swiglu_gemm`` kernel: on GPUs, for blocks of its row range, when $FFJAX_SWIGLU_GEMM is on."""
+    num_rows = x.shape[0] * x.shape[1]
+    return (swiglu_gemm.enabled() and jax.default_backend() == "gpu" and x.dtype == weight.dtype
+            and x.dtype in (jnp.bfloat16, jnp.float16) and swiglu_gemm.MIN_ROWS <= num_rows <= swiglu_gemm.MAX_ROWS)
 
 
 class DecoderLayer(nn.Module):
@@ -247,13 +263,13 @@ class DecoderLayer(nn.Module):
             attn_out = matvec(attn.reshape(1, c.q_size), o).reshape(x.shape)
         else:
             attn_out = project(pad_rows(attn, rows), o, self.out_in, kernels=self._kernels)
-        if "gate_up" in matvec_kernels:
+        if "gate_up" in matvec_kernels or (self._kernels and self.out_in and swiglu_gemm_applies(x, gate_up)):
             x, activation = mlp_norm(x, attn_out, then_project=gate_up, swiglu=True)
         else:
             x, h = mlp_norm(x, attn_out, rows)
             gate_up_out = project(h, gate_up, self.out_in, kernels=self._kernels)
             gate, up = jnp.split(gate_up_out, 2, axis=-1)  # padding rows: silu(0) * 0 = 0
-            activation = nn.silu(gate) * up
+            activation = swiglu_gemm.swiglu(gate, up)
         # row 0: the activation may carry a GEMM padding row (FFJAX_MATVEC without gate_up)
         if "down" in matvec_kernels:
             mlp_out = matvec(activation[:, 0], down).reshape(x.shape)

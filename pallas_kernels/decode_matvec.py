@@ -56,6 +56,12 @@ def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, s
     return y if total is None else (total, y)
 
 
+def rounded_swiglu(gate, up, dtype):
+    """silu(gate) * up of float32 values already rounded to ``dtype``: the silu is rounded to ``dtype`` before the
+    product and the result is in ``dtype`` (the decoder's MLP, in the float32 arithmetic Triton kernels need)."""
+    return ((gate * jax.nn.sigmoid(gate)).astype(dtype).astype(jnp.float32) * up).astype(dtype)
+
+
 # Weight values an unrolled program may hold per thread: the largest plan measured fast (1.5B gate_up) holds 192.
 _UNROLLED_VALUES = 192
 
@@ -217,9 +223,7 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
         accs, _ = lax.fori_loop(0, num_chunks, step, (zeros, upcoming))
     y = jnp.sum(accs[0], axis=1).astype(dtype)
     if swiglu:
-        gate = y.astype(jnp.float32)
-        up = jnp.sum(accs[1], axis=1).astype(dtype).astype(jnp.float32)
-        y = ((gate * jax.nn.sigmoid(gate)).astype(dtype).astype(jnp.float32) * up).astype(dtype)
+        y = rounded_swiglu(y.astype(jnp.float32), jnp.sum(accs[1], axis=1).astype(dtype).astype(jnp.float32), dtype)
     store(out_refs[-1].at[row, pl.ds(first, block_n)], y, out_ok)
 
 
@@ -264,4 +268,4 @@ def matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swig
     return gpu_matvec(x, weight, interpret=backend == "interpret", **kwargs)
 
 
-__all__ = ["MatvecConfig", "reference", "gpu_matvec", "matvec", "plan"]
+__all__ = ["MatvecConfig", "reference", "gpu_matvec", "matvec", "plan", "rounded_swiglu"]
