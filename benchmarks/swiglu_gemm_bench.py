@@ -32,7 +32,7 @@ def unfused(x, weight, *, residual, norm_scale, eps):
     """The decoder's path without the kernel: residual + RMSNorm kernel, XLA's GEMM, XLA's SwiGLU."""
     total, normed = residual_rms_norm(x[None], residual[None], norm_scale, eps=eps)
     gate, up = jnp.split(normed[0] @ weight.T, 2, axis=-1)
-    return total[0], sg.swiglu(gate, up)
+    return total[0], sg.swiglu_product(gate, up)
 
 
 def chain_us(mlp, x0, scale, weights, repeats=30) -> float:

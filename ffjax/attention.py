@@ -8,14 +8,15 @@ import jax
 
 import pallas_kernels
 
-# "auto": the platform's Pallas kernel where one exists, else the jnp reference; on Hopper GPUs the Mosaic GPU kernel
-# for long blocks over large caches, Triton's fused kernel otherwise (``pallas_kernels.dispatch.gpu_append_backend``).
-# "reference": always jnp. "gpu_triton": always the Triton kernels on GPUs. "gpu_mosaic": always the Mosaic GPU
-# (Hopper) kernel for attention, with RoPE and the cache append in XLA (the fused Triton kernel does those in the
-# same kernel); Triton's kernel where it cannot take the shapes.
+# "auto": the platform's Pallas kernel where one exists, else the jnp reference; on Hopper GPUs, in the per-layer
+# layout's fused path, the Mosaic GPU kernel for verify- and drafter-sized blocks over large caches and Triton's
+# fused kernel otherwise (``pallas_kernels.dispatch.gpu_append_backend``). "reference": always jnp. "gpu_triton":
+# auto without the Mosaic choice. "gpu_mosaic": the Mosaic GPU (Hopper) kernel for every block, with RoPE and the
+# cache append in XLA (the fused Triton kernel does those in the same kernel); Triton's where it cannot take the
+# shapes.
 ATTENTION_IMPL_ENV = "FFJAX_ATTENTION"
 _BACKENDS = {"auto": None, "reference": "reference", "gpu_triton": "gpu_triton",
-             "gpu_mosaic": "gpu_mosaic"}  # impl -> pallas_kernels backend
+             "gpu_mosaic": "gpu_mosaic"}  # impl -> pallas_kernels backend (attend: "gpu_triton" is auto's)
 _IMPLS = tuple(_BACKENDS)
 
 
@@ -31,9 +32,10 @@ def resolve_impl(impl: str | None = None) -> str:
 
 def attend(q, k, v, q_start, kv_len, *, block_size: int | None, impl: str = "auto"):
     """q [B, Tq, Hq, D] over the cache k, v [B, S, Hkv, D]; causal if block_size is None, else block-causal."""
-    # pallas_kernels picks the platform's kernel (the reference on CPU); "reference" forces the jnp version.
-    return pallas_kernels.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size,
-                                                 backend=_BACKENDS[impl])
+    # pallas_kernels picks the platform's kernel (the reference on CPU); "reference" forces the jnp version. Here
+    # the default is already Triton's kernel, with its head-dim fallback, so "gpu_triton" asks for nothing more.
+    backend = None if impl == "gpu_triton" else _BACKENDS[impl]
+    return pallas_kernels.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, backend=backend)
 
 
 def append_and_attend(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads: int, qkv_bias=None,

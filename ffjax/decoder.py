@@ -175,10 +175,11 @@ def skinny_gemm_config(h, weight) -> skinny_gemm.SkinnyConfig | None:
 
 def swiglu_gemm_applies(x, weight) -> bool:
     """Whether the MLP's norm, gate_up product and SwiGLU of the block x [B, T, K] (weight [2I, K]) run as one
-    ``pallas_kernels.swiglu_gemm`` kernel: on GPUs, for blocks of its row range, when $FFJAX_SWIGLU_GEMM is on."""
-    num_rows = x.shape[0] * x.shape[1]
+    ``pallas_kernels.swiglu_gemm`` kernel: on GPUs, in bf16/f16, when $FFJAX_SWIGLU_GEMM is on and the kernel takes
+    the block's rows and the weight's shape."""
     return (swiglu_gemm.enabled() and jax.default_backend() == "gpu" and x.dtype == weight.dtype
-            and x.dtype in (jnp.bfloat16, jnp.float16) and swiglu_gemm.MIN_ROWS <= num_rows <= swiglu_gemm.MAX_ROWS)
+            and x.dtype in (jnp.bfloat16, jnp.float16)
+            and swiglu_gemm.fits(x.shape[0] * x.shape[1], weight.shape[0] // 2, weight.shape[1]))
 
 
 class DecoderLayer(nn.Module):
@@ -269,7 +270,7 @@ class DecoderLayer(nn.Module):
             x, h = mlp_norm(x, attn_out, rows)
             gate_up_out = project(h, gate_up, self.out_in, kernels=self._kernels)
             gate, up = jnp.split(gate_up_out, 2, axis=-1)  # padding rows: silu(0) * 0 = 0
-            activation = swiglu_gemm.swiglu(gate, up)
+            activation = swiglu_gemm.swiglu_product(gate, up)
         # row 0: the activation may carry a GEMM padding row (FFJAX_MATVEC without gate_up)
         if "down" in matvec_kernels:
             mlp_out = matvec(activation[:, 0], down).reshape(x.shape)

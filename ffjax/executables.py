@@ -6,6 +6,7 @@ of compilations observable: a new entry here is exactly one XLA compilation.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Hashable
 
@@ -29,11 +30,20 @@ def _signature(args) -> tuple:
     return treedef, tuple((getattr(x, "shape", ()), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
 
 
+def kernel_switches() -> tuple:
+    """The environment switches the decoder reads while tracing: a program compiled under other values is another
+    program."""
+    from ffjax.attention import resolve_impl
+    from ffjax.decoder import MATVEC_ENV
+    from pallas_kernels.skinny_gemm import SKINNY_ENV
+    from pallas_kernels.swiglu_gemm import SWIGLU_GEMM_ENV
+    return (resolve_impl(), *(os.environ.get(name) for name in (MATVEC_ENV, SKINNY_ENV, SWIGLU_GEMM_ENV)))
+
+
 def get(key: tuple, jitted: Callable, *example_args) -> tuple[Any, float]:
     """(executable, seconds spent compiling it now: 0.0 on a cache hit). ``key`` names the program and its
     static arguments; the arguments' structure, shapes and dtypes are added to it here."""
-    from ffjax.attention import resolve_impl
-    key = (*key, resolve_impl(), _signature(example_args))
+    key = (*key, kernel_switches(), _signature(example_args))
     if key in _compiled:
         return _compiled[key], 0.0
     start = time.perf_counter()

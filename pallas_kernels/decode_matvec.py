@@ -51,9 +51,13 @@ def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, s
         total, x = total[0], x[0]
     y = jnp.matmul(x, weight.T, preferred_element_type=jnp.float32).astype(x.dtype)
     if swiglu:
-        gate, up = jnp.split(y, 2, axis=-1)
-        y = jax.nn.silu(gate) * up
+        y = swiglu_product(*jnp.split(y, 2, axis=-1))
     return y if total is None else (total, y)
+
+
+def swiglu_product(gate, up):
+    """silu(gate) * up in the input dtype, as the decoder's MLP computes it."""
+    return jax.nn.silu(gate) * up
 
 
 def rounded_swiglu(gate, up, dtype):
@@ -268,4 +272,4 @@ def matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swig
     return gpu_matvec(x, weight, interpret=backend == "interpret", **kwargs)
 
 
-__all__ = ["MatvecConfig", "reference", "gpu_matvec", "matvec", "plan", "rounded_swiglu"]
+__all__ = ["MatvecConfig", "reference", "gpu_matvec", "matvec", "plan", "rounded_swiglu", "swiglu_product"]

@@ -15,11 +15,13 @@ GPU_KERNEL_VERIFIED = True
 BACKENDS = ("reference", "gpu_triton", "gpu_mosaic", "tpu_mosaic")
 
 # Where the default GPU path of ``append_attention`` is the Mosaic GPU kernel instead of the fused Triton one: blocks
-# of at least this many tokens over a layer cache whose keys and values take at least this many bytes. Measured on
-# an H200 (BENCHMARKS.md, issue 5): one forward of k = 16/32/64 tokens was 1-8% faster with Mosaic at 16.8 MB of
-# K/V per layer (7B at 8k and 16k keys, 1.5B at 16k), 0-10% slower at 8.4 MB and below (7B at 2k/4k, 1.5B at
-# 1k-8k); a lone decoding row stays faster on Triton's kernel, which fuses RoPE and the append (at 32k too).
-MOSAIC_MIN_ROWS = 16
+# of MOSAIC_MIN_ROWS..MOSAIC_MAX_ROWS tokens over a cache whose keys and values, per layer and batch row, take at
+# least MOSAIC_MIN_CACHE_BYTES as allocated (the static capacity, not how much of it is filled). Measured on an H200
+# (BENCHMARKS.md, issue 5): one forward of k = 16/32/64 tokens was 1-8% faster with Mosaic at 16.8 MB (7B at 8k and
+# 16k keys, 1.5B at 16k), 0-10% slower at 8.4 MB and below (7B at 2k/4k, 1.5B at 1k-8k). A lone decoding row stays
+# faster on Triton's kernel, which fuses RoPE and the append (at 32k too); longer blocks (prefill) were not
+# measured, and the Mosaic kernel bounds a block's keys by its last query, so they stay on Triton.
+MOSAIC_MIN_ROWS, MOSAIC_MAX_ROWS = 16, 64
 MOSAIC_MIN_CACHE_BYTES = 16 * 2**20
 
 
@@ -47,14 +49,16 @@ def hopper_gpu() -> bool:
 
 def gpu_append_backend(num_tokens: int, cache_shape, dtype, *, hopper: bool) -> str:
     """The GPU kernel ``append_attention`` runs by default for a block of ``num_tokens`` over a layer cache of
-    ``cache_shape`` [B, S, Hkv, D] in ``dtype``: "gpu_mosaic" for long blocks over large caches on Hopper, where
-    it measured faster (``MOSAIC_MIN_ROWS``, ``MOSAIC_MIN_CACHE_BYTES``) and can take the shapes, else
-    "gpu_triton". Static shapes only, so the choice is made once per compiled program."""
+    ``cache_shape`` [B, S, Hkv, D] in ``dtype``: "gpu_mosaic" for verify- and drafter-sized blocks over large
+    caches on Hopper, where it measured faster (``MOSAIC_MIN_ROWS`` to ``MOSAIC_MAX_ROWS`` tokens, at least
+    ``MOSAIC_MIN_CACHE_BYTES``) and can take the shapes, else "gpu_triton". Static shapes only, so the choice is
+    made once per compiled program. The Mosaic kernel reads the last visible key tile whole: the cache past
+    ``kv_len`` must be finite (ffjax's caches are zero-initialised)."""
     from pallas_kernels import gpu_mosaic  # the module builds no kernel at import
 
     _, num_keys, num_kv_heads, head_dim = cache_shape
     cache_bytes = 2 * num_keys * num_kv_heads * head_dim * jnp.dtype(dtype).itemsize  # one row's K and V
-    if (hopper and num_tokens >= MOSAIC_MIN_ROWS and cache_bytes >= MOSAIC_MIN_CACHE_BYTES
+    if (hopper and MOSAIC_MIN_ROWS <= num_tokens <= MOSAIC_MAX_ROWS and cache_bytes >= MOSAIC_MIN_CACHE_BYTES
             and gpu_mosaic.supports((1, num_tokens, 1, head_dim), cache_shape, dtype)):
         return "gpu_mosaic"
     return "gpu_triton"
@@ -120,11 +124,13 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     """
     if out_rows is not None and out_rows < cos.shape[1]:
         raise ValueError(f"out_rows ({out_rows}) must be at least the block's {cos.shape[1]} tokens")
-    if backend is None:
-        backend = default_backend(interpret=interpret)
+    if backend in (None, "gpu_triton"):  # "gpu_triton": the default's Triton kernels, never Mosaic
+        choose_by_size = backend is None
+        backend = backend or default_backend(interpret=interpret)
         if backend == "gpu_triton" and not _fits_triton(qkv.shape[-1], min_head_dim=32):
             backend = None  # the XLA path below, with whichever attention kernel fits
-        elif backend == "gpu_triton" and not interpret and qkv.dtype == k_cache.dtype == v_cache.dtype:
+        elif (backend == "gpu_triton" and choose_by_size and not interpret
+              and qkv.dtype == k_cache.dtype == v_cache.dtype):
             backend = gpu_append_backend(cos.shape[1], k_cache.shape, k_cache.dtype, hopper=hopper_gpu())
     if backend == "gpu_triton":
         from pallas_kernels import gpu_append_attention

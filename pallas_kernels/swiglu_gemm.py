@@ -13,7 +13,8 @@ multiplies the raw rows times the norm's scale and accumulates each row's sum of
 1 / rms factor scales the accumulators at the end. The first program also writes the residual sum t. In exact
 arithmetic this is the decoder's norm-then-project; in bf16 the product's input is rounded once after the scale
 rather than after the 1 / rms factor and again after the scale, which moves results by about a unit in the last
-place.
+place of gate and up, and a few units in the activation, which the SwiGLU amplifies (about as far from the
+exact result as the unfused path is, in the other direction).
 
 Why this shape of kernel: at Fast_dLLM_v2_1.5B's gate_up (M = 32, 2I = 17920, K = 1536) XLA's default autotuning
 picks 128-column tiles (140 programs for 132 SMs), while its exhaustive search picks 64-column tiles, 3 µs faster
@@ -34,8 +35,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels import residual_rms_norm as rms
-from pallas_kernels.decode_matvec import rounded_swiglu
+from pallas_kernels import decode_matvec
+from pallas_kernels.decode_matvec import rounded_swiglu, swiglu_product
 
 # Whether the decoder uses the kernel for blocks of MIN_ROWS..MAX_ROWS rows on GPUs: "off" (default) or "on".
 SWIGLU_GEMM_ENV = "FFJAX_SWIGLU_GEMM"
@@ -59,24 +60,16 @@ def enabled() -> bool:
     return mode == "on"
 
 
-def swiglu(gate, up):
-    """silu(gate) * up in the input dtype, as the decoder's MLP computes it."""
-    return jax.nn.silu(gate) * up
-
-
 def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6):
     """x [M, K]; weight [2I, K] = [gate; up] (out, in). Returns silu(gate) * up [M, I] of x times the weight, the
-    product accumulated in float32 and rounded to x's dtype before the SwiGLU.
+    product accumulated in float32 and rounded to x's dtype before the SwiGLU; with ``norm_scale`` [K], of
+    RMSNorm(x + residual) instead, returned as (x + residual, activation). ``decode_matvec.reference``'s SwiGLU."""
+    return decode_matvec.reference(x, weight, residual=residual, norm_scale=norm_scale, eps=eps, swiglu=True)
 
-    With ``norm_scale`` [K] the product's input is RMSNorm(x + residual) (``residual`` [M, K] or None), rounded as
-    ``residual_rms_norm.reference`` rounds it, and the result is (x + residual, activation)."""
-    total = None
-    if norm_scale is not None:
-        total, x = rms.reference(x[None], None if residual is None else residual[None], norm_scale, eps=eps)
-        total, x = total[0], x[0]
-    gate, up = jnp.split(jnp.matmul(x, weight.T, preferred_element_type=jnp.float32).astype(x.dtype), 2, axis=-1)
-    activation = swiglu(gate, up)
-    return activation if total is None else (total, activation)
+
+def fits(num_rows: int, half: int, width: int, config: SwigluConfig = SwigluConfig()) -> bool:
+    """Whether the kernel takes a block of ``num_rows`` times a [2 * half, width] weight with ``config``."""
+    return MIN_ROWS <= num_rows <= MAX_ROWS and half % config.block_n == 0 and width % config.block_k == 0
 
 
 def _check(x, weight, residual, norm_scale, config: SwigluConfig):
@@ -134,7 +127,7 @@ def gpu_swiglu_gemm(x, weight, *, residual=None, norm_scale=None, eps: float = 1
     rows, width = x.shape
     half = weight.shape[0] // 2
     has_norm = norm_scale is not None
-    padded = max(16, -(-rows // 16) * 16)  # the MMA's row granularity; zero rows give zero outputs
+    padded = max(16, pl.next_power_of_2(rows))  # Triton's tiles are powers of two; zero rows give zero outputs
     pad = lambda a: jnp.pad(a, ((0, padded - rows), (0, 0)))  # noqa: E731
     residual = jnp.zeros_like(x) if residual is None else residual
     norm_scale = jnp.ones((width,), x.dtype) if norm_scale is None else norm_scale
@@ -159,5 +152,5 @@ def gpu_swiglu_gemm(x, weight, *, residual=None, norm_scale=None, eps: float = 1
     return (outputs[0][:rows], activation) if has_norm else activation
 
 
-__all__ = ["MAX_ROWS", "MIN_ROWS", "SWIGLU_GEMM_ENV", "SwigluConfig", "enabled", "gpu_swiglu_gemm", "reference",
-           "swiglu"]
+__all__ = ["MAX_ROWS", "MIN_ROWS", "SWIGLU_GEMM_ENV", "SwigluConfig", "enabled", "fits", "gpu_swiglu_gemm",
+           "reference", "swiglu_product"]

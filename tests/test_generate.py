@@ -75,6 +75,15 @@ def test_no_recompilation_across_prompts_and_budgets_of_one_bucket(model):
     assert compiles == []
 
 
+def test_a_kernel_switch_changed_between_calls_compiles_its_own_program(model, monkeypatch):
+    prompt = np.arange(1, 300) % tiny_models.VOCAB  # a prompt bucket no other test uses
+    ffjax.generate(model, prompt, 8)
+    before = executables.count()
+    monkeypatch.setenv("FFJAX_SWIGLU_GEMM", "on")  # read while tracing: the cached program would ignore it
+    ffjax.generate(model, prompt, 8)
+    assert executables.count() > before
+
+
 def test_a_fixed_prompt_bucket_serves_prompts_of_several_buckets_with_one_program(model):
     prompts = [np.random.RandomState(n).randint(0, tiny_models.VOCAB, n) for n in (9, 40, 70)]
     expected = [ffjax.generate(model, p, 24).tokens for p in prompts]

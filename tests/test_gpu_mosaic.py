@@ -90,8 +90,11 @@ QWEN_1_5B_CACHE = lambda keys: (1, keys, 2, 128)  # noqa: E731
     (32, QWEN_1_5B_CACHE(16384), jnp.bfloat16, True, "gpu_mosaic"),  # a drafter block over 16k keys
     (32, QWEN_1_5B_CACHE(8192), jnp.bfloat16, True, "gpu_triton"),  # 8.4 MB: Triton measured faster
     (64, QWEN_7B_CACHE(4096), jnp.bfloat16, True, "gpu_triton"),
+    (64, QWEN_7B_CACHE(16384), jnp.bfloat16, True, "gpu_mosaic"),
     (1, QWEN_7B_CACHE(32768), jnp.bfloat16, True, "gpu_triton"),  # a decoding row: the fused kernel
     (15, QWEN_7B_CACHE(32768), jnp.bfloat16, True, "gpu_triton"),
+    (65, QWEN_7B_CACHE(16384), jnp.bfloat16, True, "gpu_triton"),  # longer blocks (prefill): not measured
+    (4096, QWEN_7B_CACHE(16384), jnp.bfloat16, True, "gpu_triton"),
     (32, QWEN_7B_CACHE(16384), jnp.bfloat16, False, "gpu_triton"),  # not Hopper: no WGMMA
     (32, QWEN_7B_CACHE(16384), jnp.float32, True, "gpu_triton"),  # Mosaic takes bf16/f16 only
     (32, QWEN_7B_CACHE(16400), jnp.bfloat16, True, "gpu_triton"),  # not whole 128-key tiles
@@ -99,3 +102,38 @@ QWEN_1_5B_CACHE = lambda keys: (1, keys, 2, 128)  # noqa: E731
 def test_default_gpu_append_kernel_is_mosaic_only_for_long_blocks_over_large_caches(num_tokens, cache, dtype,
                                                                                       hopper, expected):
     assert pallas_kernels.dispatch.gpu_append_backend(num_tokens, cache, dtype, hopper=hopper) == expected
+
+
+@pytest.mark.parametrize("num_tokens,impl,expected", [
+    (32, "auto", "mosaic"),  # a verify block over 16.8 MB of K/V per layer
+    (1, "auto", "fused triton"),  # a decoding row
+    (32, "gpu_triton", "fused triton"),  # the switch back to Triton everywhere
+    (1, "gpu_mosaic", "mosaic"),
+])
+def test_the_decoder_s_append_attention_takes_the_kernel_the_size_rule_picks(monkeypatch, num_tokens, impl,
+                                                                             expected):
+    """Traced as on a Hopper GPU, with both kernels stood in for: which one the dispatch calls."""
+    from ffjax import attention
+    from pallas_kernels import dispatch, gpu_append_attention
+
+    called = []
+
+    def fused(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads, **kwargs):
+        called.append("fused triton")
+        return jnp.zeros((*qkv.shape[:2], num_q_heads, qkv.shape[-1]), qkv.dtype), k_cache, v_cache
+
+    def mosaic(q, k, v, q_start, kv_len, **kwargs):
+        called.append("mosaic")
+        return jnp.zeros_like(q)
+
+    monkeypatch.setattr(dispatch, "default_backend", lambda interpret=False: "gpu_triton")
+    monkeypatch.setattr(dispatch, "hopper_gpu", lambda: True)
+    monkeypatch.setattr(gpu_append_attention, "append_attention", fused)
+    monkeypatch.setattr(gpu_mosaic, "prefix_block_attention", mosaic)
+    cache = jax.ShapeDtypeStruct(QWEN_7B_CACHE(16384), jnp.bfloat16)
+    qkv = jax.ShapeDtypeStruct((1, num_tokens, 28 + 2 * 4, 128), jnp.bfloat16)
+    cos = jax.ShapeDtypeStruct((1, num_tokens, 64), jnp.float32)
+    rows = jax.ShapeDtypeStruct((1,), jnp.int32)
+    jax.eval_shape(lambda *a: attention.append_and_attend(*a, num_q_heads=28, block_size=None, impl=impl),
+                   qkv, cos, cos, cache, cache, rows, rows)
+    assert called == [expected]
