@@ -106,15 +106,16 @@ class RMSNorm(nn.Module):
 
         ``then_project`` (a weight [out, in]): returns (x + delta, the normed rows times that weight) instead, in
         one kernel on GPUs: for one row [1, 1, D] ``decode_matvec``'s (with its SwiGLU if ``swiglu``), for a
-        block ``swiglu_gemm``'s (the weight is [gate; up] and the SwiGLU is taken)."""
+        block ``swiglu_gemm``'s after an XLA residual add (the weight is [gate; up] and the SwiGLU is taken)."""
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
         if then_project is not None and x.shape[0] * x.shape[1] > 1:
             if not swiglu:
                 raise ValueError("a block's fused projection is the MLP's gate_up with its SwiGLU")
-            flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
-            total, y = swiglu_gemm.gpu_swiglu_gemm(flat(x), then_project, residual=None if delta is None
-                                                   else flat(delta[:, :x.shape[1]]), norm_scale=scale, eps=self.eps)
-            return total.reshape(x.shape), y.reshape(*x.shape[:-1], -1)
+            # XLA fuses the residual add into the kernel that produced delta (the o projection's split-K sum).
+            total = x if delta is None else x + delta[:, :x.shape[1]]
+            y = swiglu_gemm.gpu_swiglu_gemm(total.reshape(-1, x.shape[-1]), then_project, norm_scale=scale,
+                                            eps=self.eps)
+            return total, y.reshape(*x.shape[:-1], -1)
         if then_project is not None:
             # delta may carry GEMM padding rows past the real one (``gemm_rows``): the kernel reads row 0 only.
             total, y = matvec(x.reshape(1, -1), then_project, norm_scale=scale, eps=self.eps, swiglu=swiglu,

@@ -1,20 +1,21 @@
-"""A block's MLP up-projection in one kernel: the residual add and RMSNorm before it, the gate_up product, and the
-SwiGLU after it (Pallas, Triton lowering on GPUs), with the jnp reference.
+"""A block's MLP up-projection in one kernel: the RMSNorm before it, the gate_up product, and the SwiGLU after it
+(Pallas, Triton lowering on GPUs), with the jnp reference.
 
-A drafter block (32 rows) adds the attention output to the residual stream, normalises it, multiplies it by the
-stacked weight [gate; up] [2I, K] and takes silu(gate) * up. XLA runs the product as a GEMM whose [M, 2I] output
-goes to HBM, then a SwiGLU kernel reads it back, and the norm is a kernel of its own before them. Here a program
-owns ``block_n`` columns of the gate half and the same columns of the up half. It streams both weight slabs,
-contiguous in the [out, in] layout, through a pipelined loop over K (Triton's software pipeline, ``num_stages``
-tiles in flight) into two float32 accumulators on tensor cores, and writes silu(gate) * up for its columns.
+A drafter block (32 rows) normalises the residual stream, multiplies it by the stacked weight [gate; up] [2I, K] and
+takes silu(gate) * up. XLA runs the product as a GEMM whose [M, 2I] output goes to HBM, then a SwiGLU kernel reads
+it back, and the norm is a kernel of its own before them. Here a program owns ``block_n`` columns of the gate half
+and the same columns of the up half. It streams both weight slabs, contiguous in the [out, in] layout, through a
+pipelined loop over K (Triton's software pipeline, ``num_stages`` tiles in flight) into two float32 accumulators on
+tensor cores, and writes silu(gate) * up for its columns.
 
-The norm costs no extra pass over the rows. RMSNorm(t) @ W = diag(1 / rms(t)) ((t * scale) @ W), so the loop
-multiplies the raw rows times the norm's scale and accumulates each row's sum of squares from the same tiles; the
-1 / rms factor scales the accumulators at the end. The first program also writes the residual sum t. In exact
-arithmetic this is the decoder's norm-then-project; in bf16 the product's input is rounded once after the scale
-rather than after the 1 / rms factor and again after the scale, which moves results by about a unit in the last
-place of gate and up, and a few units in the activation, which the SwiGLU amplifies (about as far from the
-exact result as the unfused path is, in the other direction).
+The norm costs no extra pass over the rows. RMSNorm(x) @ W = diag(1 / rms(x)) ((x * scale) @ W), so the loop
+multiplies the raw rows by the norm's scale and accumulates each row's sum of squares from the same tiles; the
+1 / rms factor scales the accumulators at the end. The residual add before the norm is left to the caller, where
+XLA fuses it into the kernel that produces the sublayer's output (the split-K sum of the o projection), so each
+program reads only the rows it multiplies (an L2 read, against twice that with the residual). In exact arithmetic
+this is the decoder's norm-then-project; in bf16 the product's input is rounded once, after the scale, rather than
+after the 1 / rms factor and again after the scale. That moves gate and up by about a unit in the last place and
+the activation by a few (the SwiGLU amplifies them), about as far from the exact result as the unfused path is.
 
 Why this shape of kernel: at Fast_dLLM_v2_1.5B's gate_up (M = 32, 2I = 17920, K = 1536) XLA's default autotuning
 picks 128-column tiles (140 programs for 132 SMs), while its exhaustive search picks 64-column tiles, 3 µs faster
@@ -60,11 +61,12 @@ def enabled() -> bool:
     return mode == "on"
 
 
-def reference(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6):
+def reference(x, weight, *, norm_scale=None, eps: float = 1e-6):
     """x [M, K]; weight [2I, K] = [gate; up] (out, in). Returns silu(gate) * up [M, I] of x times the weight, the
     product accumulated in float32 and rounded to x's dtype before the SwiGLU; with ``norm_scale`` [K], of
-    RMSNorm(x + residual) instead, returned as (x + residual, activation). ``decode_matvec.reference``'s SwiGLU."""
-    return decode_matvec.reference(x, weight, residual=residual, norm_scale=norm_scale, eps=eps, swiglu=True)
+    RMSNorm(x) instead (``decode_matvec.reference`` with its SwiGLU)."""
+    y = decode_matvec.reference(x, weight, norm_scale=norm_scale, eps=eps, swiglu=True)
+    return y if norm_scale is None else y[1]
 
 
 def fits(num_rows: int, half: int, width: int, config: SwigluConfig = SwigluConfig()) -> bool:
@@ -72,13 +74,11 @@ def fits(num_rows: int, half: int, width: int, config: SwigluConfig = SwigluConf
     return MIN_ROWS <= num_rows <= MAX_ROWS and half % config.block_n == 0 and width % config.block_k == 0
 
 
-def _check(x, weight, residual, norm_scale, config: SwigluConfig):
+def _check(x, weight, norm_scale, config: SwigluConfig):
     if x.ndim != 2 or weight.ndim != 2 or x.shape[1] != weight.shape[1] or weight.shape[0] % 2:
         raise ValueError(f"swiglu_gemm takes x [M, K] and weight [2I, K]; got {x.shape} and {weight.shape}")
     if x.dtype != weight.dtype:
         raise ValueError(f"x and weight must share a dtype; got {x.dtype} and {weight.dtype}")
-    if residual is not None and (norm_scale is None or residual.shape != x.shape):
-        raise ValueError(f"a residual needs norm_scale and x's shape {x.shape}; got {residual.shape}")
     if norm_scale is not None and norm_scale.shape != (x.shape[1],):
         raise ValueError(f"norm_scale must be [K] = [{x.shape[1]}], got {norm_scale.shape}")
     half, width = weight.shape[0] // 2, weight.shape[1]
@@ -87,23 +87,15 @@ def _check(x, weight, residual, norm_scale, config: SwigluConfig):
         raise ValueError(f"block_n {c.block_n} must divide I = {half} and block_k {c.block_k} must divide K = {width}")
 
 
-def _kernel(x_ref, residual_ref, scale_ref, gate_ref, up_ref, *out_refs, block_k, num_steps, has_norm, eps):
+def _kernel(x_ref, scale_ref, gate_ref, up_ref, out_ref, *, block_k, num_steps, has_norm, eps):
     dtype = x_ref.dtype
-    out_ref = out_refs[-1]
     rows, block_n = out_ref.shape
-    first_program = pl.program_id(0) == 0
 
     def step(i, carry):
         accs, squares = carry
         chunk = pl.ds(pl.multiple_of(i * block_k, block_k), block_k)
         x = x_ref[:, chunk]
         if has_norm:
-            x = (x.astype(jnp.float32) + residual_ref[:, chunk].astype(jnp.float32)).astype(dtype)
-
-            @pl.when(first_program)
-            def _():
-                out_refs[0][:, chunk] = x
-
             x32 = x.astype(jnp.float32)
             squares = squares + jnp.sum(x32 * x32, axis=1)
             x = (x32 * scale_ref[chunk].astype(jnp.float32)[None, :]).astype(dtype)
@@ -120,36 +112,31 @@ def _kernel(x_ref, residual_ref, scale_ref, gate_ref, up_ref, *out_refs, block_k
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "config", "interpret"))
-def gpu_swiglu_gemm(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6,
-                    config: SwigluConfig = SwigluConfig(), interpret: bool = False):
+def gpu_swiglu_gemm(x, weight, *, norm_scale=None, eps: float = 1e-6, config: SwigluConfig = SwigluConfig(),
+                    interpret: bool = False):
     """Same contract as ``reference``; one program per ``block_n`` columns of each half."""
-    _check(x, weight, residual, norm_scale, config)
+    _check(x, weight, norm_scale, config)
     rows, width = x.shape
     half = weight.shape[0] // 2
     has_norm = norm_scale is not None
     padded = max(16, pl.next_power_of_2(rows))  # Triton's tiles are powers of two; zero rows give zero outputs
-    pad = lambda a: jnp.pad(a, ((0, padded - rows), (0, 0)))  # noqa: E731
-    residual = jnp.zeros_like(x) if residual is None else residual
     norm_scale = jnp.ones((width,), x.dtype) if norm_scale is None else norm_scale
     num_tiles = half // config.block_n
-    whole = pl.BlockSpec((padded, width), lambda j: (0, 0))
     kernel = functools.partial(_kernel, block_k=config.block_k, num_steps=width // config.block_k,
                                has_norm=has_norm, eps=eps)
-    outputs = pl.pallas_call(
+    out = pl.pallas_call(
         kernel,
         grid=(num_tiles,),
-        in_specs=[whole, whole, pl.BlockSpec((width,), lambda j: (0,)),
+        in_specs=[pl.BlockSpec((padded, width), lambda j: (0, 0)), pl.BlockSpec((width,), lambda j: (0,)),
                   pl.BlockSpec((config.block_n, width), lambda j: (j, 0)),  # the gate half's rows
                   pl.BlockSpec((config.block_n, width), lambda j: (j + num_tiles, 0))],  # the up half's rows
-        out_specs=[whole] * has_norm + [pl.BlockSpec((padded, config.block_n), lambda j: (0, j))],
-        out_shape=[jax.ShapeDtypeStruct((padded, width), x.dtype)] * has_norm
-                  + [jax.ShapeDtypeStruct((padded, half), x.dtype)],
+        out_specs=pl.BlockSpec((padded, config.block_n), lambda j: (0, j)),
+        out_shape=jax.ShapeDtypeStruct((padded, half), x.dtype),
         compiler_params=plgpu.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages),
         interpret=interpret,
         name="swiglu_gemm",
-    )(pad(x), pad(residual), norm_scale, weight, weight)
-    activation = outputs[-1][:rows]
-    return (outputs[0][:rows], activation) if has_norm else activation
+    )(jnp.pad(x, ((0, padded - rows), (0, 0))), norm_scale, weight, weight)
+    return out[:rows]
 
 
 __all__ = ["MAX_ROWS", "MIN_ROWS", "SWIGLU_GEMM_ENV", "SwigluConfig", "enabled", "fits", "gpu_swiglu_gemm",

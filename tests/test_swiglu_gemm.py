@@ -1,5 +1,5 @@
-"""The block MLP kernel (``pallas_kernels.swiglu_gemm``): residual add, RMSNorm, gate_up product and SwiGLU in one
-Triton kernel.
+"""The block MLP kernel (``pallas_kernels.swiglu_gemm``): RMSNorm, gate_up product and SwiGLU in one Triton
+kernel.
 
 On CPU the kernel runs in the Pallas interpreter (its loop, tiles, norm and SwiGLU are the kernel's own code) and
 its CUDA lowering is checked; the decoder uses it only when $FFJAX_SWIGLU_GEMM is on.
@@ -19,10 +19,10 @@ from tests import tiny_models
 
 def operands(rows, half, width, dtype, seed=0):
     rng = np.random.default_rng(seed)
-    x, residual = (jnp.asarray(rng.standard_normal((rows, width)), dtype) for _ in range(2))
+    x = jnp.asarray(rng.standard_normal((rows, width)), dtype)
     weight = jnp.asarray(rng.standard_normal((2 * half, width)) * width ** -0.5, dtype)
     scale = jnp.asarray(1 + 0.1 * rng.standard_normal(width), dtype)
-    return x, residual, weight, scale
+    return x, weight, scale
 
 
 # float32: summation order only. bf16: the norm's input to the product is rounded once (after the scale) instead of
@@ -39,7 +39,7 @@ CASES = [
 
 @pytest.mark.parametrize("rows,half,width,dtype,config", CASES)
 def test_interpreted_kernel_matches_the_reference(rows, half, width, dtype, config):
-    x, _, weight, _ = operands(rows, half, width, dtype)
+    x, weight, _ = operands(rows, half, width, dtype)
     got = sg.gpu_swiglu_gemm(x, weight, config=config, interpret=True)
     with jax.default_matmul_precision("highest"):
         want = sg.reference(x, weight)
@@ -48,18 +48,16 @@ def test_interpreted_kernel_matches_the_reference(rows, half, width, dtype, conf
 
 
 @pytest.mark.parametrize("rows,half,width,dtype,config", CASES)
-def test_with_the_norm_it_returns_the_residual_sum_and_the_normed_rows_activation(rows, half, width, dtype, config):
-    x, residual, weight, scale = operands(rows, half, width, dtype)
-    total, got = sg.gpu_swiglu_gemm(x, weight, residual=residual, norm_scale=scale, eps=1e-6, config=config,
-                                    interpret=True)
+def test_with_the_norm_it_is_the_activation_of_the_normed_rows(rows, half, width, dtype, config):
+    x, weight, scale = operands(rows, half, width, dtype)
+    got = sg.gpu_swiglu_gemm(x, weight, norm_scale=scale, eps=1e-6, config=config, interpret=True)
     with jax.default_matmul_precision("highest"):
-        want_total, want = sg.reference(x, weight, residual=residual, norm_scale=scale, eps=1e-6)
-    np.testing.assert_array_equal(np.asarray(total, np.float32), np.asarray(want_total, np.float32))
+        want = sg.reference(x, weight, norm_scale=scale, eps=1e-6)
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), **TOLERANCE[dtype])
 
 
 def test_reference_is_silu_of_the_gate_half_times_the_up_half():
-    x, _, weight, _ = operands(4, 8, 16, jnp.float32)
+    x, weight, _ = operands(4, 8, 16, jnp.float32)
     with jax.default_matmul_precision("highest"):
         product = np.asarray(x, np.float64) @ np.asarray(weight, np.float64).T
         got = sg.reference(x, weight)
@@ -71,11 +69,11 @@ def test_reference_is_silu_of_the_gate_half_times_the_up_half():
 def test_kernel_lowers_to_one_triton_call_for_cuda_with_rows_padded_to_a_power_of_two(rows, padded):
     x, w = jax.ShapeDtypeStruct((rows, 1536), jnp.bfloat16), jax.ShapeDtypeStruct((17920, 1536), jnp.bfloat16)
     scale = jax.ShapeDtypeStruct((1536,), jnp.bfloat16)
-    text = (jax.jit(lambda x, r, s, w: sg.gpu_swiglu_gemm(x, w, residual=r, norm_scale=s))
-            .trace(x, x, scale, w).lower(lowering_platforms=("cuda",)).as_text())
+    text = (jax.jit(lambda x, s, w: sg.gpu_swiglu_gemm(x, w, norm_scale=s))
+            .trace(x, scale, w).lower(lowering_platforms=("cuda",)).as_text())
     assert text.count("__gpu$xla.gpu.triton") == 1
-    # the kernel's activation and residual sum (Triton's tiles are powers of two), then the real rows
-    assert f"tensor<{padded}x8960xbf16>" in text and f"tensor<{padded}x1536xbf16>" in text
+    # the kernel's rows (Triton's tiles are powers of two), then the real ones
+    assert f"tensor<{padded}x1536xbf16>" in text and f"tensor<{padded}x8960xbf16>" in text
     assert f"tensor<{rows}x8960xbf16>" in text
 
 
@@ -88,7 +86,6 @@ def shape(*dims):
     ((4, 64), (97, 64), {}, r"x \[M, K\] and weight \[2I, K\]"),
     ((4, 128), (96, 128), dict(config=sg.SwigluConfig(block_n=32)), "block_n 32 must divide I = 48"),
     ((4, 96), (128, 96), dict(config=sg.SwigluConfig(block_k=64)), "block_k 64 must divide K = 96"),
-    ((4, 128), (128, 128), dict(residual=shape(4, 128)), "a residual needs norm_scale"),
     ((4, 128), (128, 128), dict(norm_scale=shape(64)), r"norm_scale must be \[K\] = \[128\]"),
 ])
 def test_bad_shapes_are_refused_before_lowering(x, w, kwargs, message):
@@ -129,7 +126,7 @@ def test_decoder_uses_the_kernel_only_where_it_is_allowed_and_fits(monkeypatch, 
 
 def test_a_block_forward_through_the_kernel_matches_the_unfused_layers(monkeypatch):
     """With the kernel allowed (run by the interpreter) a 12-token block's forward over the per-layer cache calls
-    it once per layer with the MLP norm's residual and scale, and its logits match the unfused path's."""
+    it once per layer with the residual sum and the MLP norm's scale, and its logits match the unfused path's."""
     config = ModelConfig.from_hf(tiny_models.qwen2_config(num_hidden_layers=2).to_dict())
     params = decoder.init_params(config, jax.random.key(0), dtype=jnp.float32, layout=PER_LAYER)
     tokens = jnp.arange(3, 15, dtype=jnp.int32)[None]
@@ -143,16 +140,15 @@ def test_a_block_forward_through_the_kernel_matches_the_unfused_layers(monkeypat
     calls = []
     kernel = sg.gpu_swiglu_gemm
 
-    def interpreted(x, weight, *, residual, norm_scale, eps):
-        calls.append((x.shape, weight.shape, residual.shape, norm_scale.shape, eps))
-        return kernel(x, weight, residual=residual, norm_scale=norm_scale, eps=eps,
-                      config=sg.SwigluConfig(block_n=16, block_k=32), interpret=True)
+    def interpreted(x, weight, *, norm_scale, eps):
+        calls.append((x.shape, weight.shape, norm_scale.shape, eps))
+        return kernel(x, weight, norm_scale=norm_scale, eps=eps, config=sg.SwigluConfig(block_n=16, block_k=32),
+                      interpret=True)
 
     monkeypatch.setattr(decoder, "swiglu_gemm_applies", lambda x, weight: True)
     monkeypatch.setattr(sg, "gpu_swiglu_gemm", interpreted)
     with jax.default_matmul_precision("highest"):
         got = jax.jit(lambda: forward())()  # a new function: traced again, so the patched choice is seen
     hidden, intermediate = config.hidden_size, config.intermediate_size
-    assert calls == [((12, hidden), (2 * intermediate, hidden), (12, hidden), (hidden,), config.rms_norm_eps)] * \
-        config.num_layers
+    assert calls == [((12, hidden), (2 * intermediate, hidden), (hidden,), config.rms_norm_eps)] * config.num_layers
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
