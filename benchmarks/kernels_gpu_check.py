@@ -210,7 +210,7 @@ def main():
     if not (args.skinny_only or args.mosaic_only):
         jobs += [(case, "append") for case in APPEND_CASES if not args.interpret]
         jobs += [(case, "norm") for case in NORM_CASES if not args.interpret]
-    from pallas_kernels.skinny_gemm import hopper_gpu
+    from pallas_kernels.dispatch import hopper_gpu
     if hopper_gpu() and not (args.append_only or args.mosaic_only):
         jobs += [(case, "skinny") for case in skinny_cases()]
     for case, config in jobs:

@@ -124,14 +124,13 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     """
     if out_rows is not None and out_rows < cos.shape[1]:
         raise ValueError(f"out_rows ({out_rows}) must be at least the block's {cos.shape[1]} tokens")
-    if backend in (None, "gpu_triton"):  # "gpu_triton": the default's Triton kernels, never Mosaic
-        choose_by_size = backend is None
-        backend = backend or default_backend(interpret=interpret)
-        if backend == "gpu_triton" and not _fits_triton(qkv.shape[-1], min_head_dim=32):
-            backend = None  # the XLA path below, with whichever attention kernel fits
-        elif (backend == "gpu_triton" and choose_by_size and not interpret
-              and qkv.dtype == k_cache.dtype == v_cache.dtype):
+    fits_triton = _fits_triton(qkv.shape[-1], min_head_dim=32)
+    if backend is None:
+        backend = default_backend(interpret=interpret)
+        if backend == "gpu_triton" and fits_triton and not interpret and qkv.dtype == k_cache.dtype == v_cache.dtype:
             backend = gpu_append_backend(cos.shape[1], k_cache.shape, k_cache.dtype, hopper=hopper_gpu())
+    if backend == "gpu_triton" and not fits_triton:  # asked for or by default: Triton's kernels, never Mosaic
+        backend = None  # the XLA path below, with whichever attention kernel fits
     if backend == "gpu_triton":
         from pallas_kernels import gpu_append_attention
 
