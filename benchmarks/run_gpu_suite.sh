@@ -6,7 +6,9 @@ set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: check flags matvec matvec_modes
+STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check flags matvec matvec_modes
+# attention: kernels_bench at 32k, with tokamax's kernels beside ours where TOKAMAX_WHEELS names a folder of its
+# wheel and its dependencies other than jax (the device has no network: download them here, carry them there).
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee "$OUT/suite.log"
 run() {  # run NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
@@ -35,6 +37,12 @@ for step in $STEPS; do
         XLA_FLAGS="$flags" run "flags${flags//[^a-z]/_}" 120 python3 benchmarks/decode_kernels.py --profile \
           --label="$flags"
       done ;;
+    attention)
+      site=/tmp/tokamax-site
+      if [ -d "${TOKAMAX_WHEELS:-}" ]; then
+        python3 -m pip install -q --no-deps --no-index --target "$site" "$TOKAMAX_WHEELS"/*.whl 2>&1 | tail -3
+      fi
+      run attention 420 env PYTHONPATH=".:$site" python3 benchmarks/kernels_bench.py --contexts 32768 --out "$OUT" ;;
     dllm) run dllm 240 python3 benchmarks/dllm_bench.py ;;
     speculate) run speculate 300 python3 benchmarks/speculate_bench.py ;;
     *) echo "unknown step $step" ;;
