@@ -34,8 +34,8 @@ import numpy as np
 from ffjax.attention import append_and_attend, attend, resolve_impl
 from ffjax.config import ModelConfig
 from ffjax.kv_cache import PER_LAYER, STACKED, KVCache, default_layout
-from pallas_kernels import skinny_gemm, swiglu_gemm
-from pallas_kernels.decode_matvec import matvec
+from pallas_kernels import skinny_gemm
+from pallas_kernels.decode_matvec import matvec, swiglu_product
 from pallas_kernels.reference import split_heads
 from pallas_kernels.residual_rms_norm import residual_rms_norm
 
@@ -104,18 +104,9 @@ class RMSNorm(nn.Module):
         """(x + delta, RMSNorm(x + delta)); delta None adds nothing. ``rows``: pad the normed output with zero
         rows to that many (see ``gemm_rows``).
 
-        ``then_project`` (a weight [out, in]): returns (x + delta, the normed rows times that weight) instead, in
-        one kernel on GPUs: for one row [1, 1, D] ``decode_matvec``'s (with its SwiGLU if ``swiglu``), for a
-        block ``swiglu_gemm``'s after an XLA residual add (the weight is [gate; up] and the SwiGLU is taken)."""
+        ``then_project`` (a weight [out, in]; one row [1, 1, D] only): returns (x + delta, the normed row times
+        that weight, with its SwiGLU if ``swiglu``) instead, in one ``decode_matvec`` kernel on GPUs."""
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
-        if then_project is not None and x.shape[0] * x.shape[1] > 1:
-            if not swiglu:
-                raise ValueError("a block's fused projection is the MLP's gate_up with its SwiGLU")
-            # XLA fuses the residual add into the kernel that produced delta (the o projection's split-K sum).
-            total = x if delta is None else x + delta[:, :x.shape[1]]
-            y = swiglu_gemm.gpu_swiglu_gemm(total.reshape(-1, x.shape[-1]), then_project, norm_scale=scale,
-                                            eps=self.eps)
-            return total, y.reshape(*x.shape[:-1], -1)
         if then_project is not None:
             # delta may carry GEMM padding rows past the real one (``gemm_rows``): the kernel reads row 0 only.
             total, y = matvec(x.reshape(1, -1), then_project, norm_scale=scale, eps=self.eps, swiglu=swiglu,
@@ -172,15 +163,6 @@ def skinny_gemm_config(h, weight) -> skinny_gemm.SkinnyConfig | None:
     if not (skinny_gemm.enabled() and h.dtype == weight.dtype == jnp.bfloat16 and skinny_gemm.hopper_gpu()):
         return None
     return skinny_gemm.plan(batch * rows, weight.shape[0], width)
-
-
-def swiglu_gemm_applies(x, weight) -> bool:
-    """Whether the MLP's norm, gate_up product and SwiGLU of the block x [B, T, K] (weight [2I, K]) run as one
-    ``pallas_kernels.swiglu_gemm`` kernel: on GPUs, in bf16/f16, when $FFJAX_SWIGLU_GEMM is on and the kernel takes
-    the block's rows and the weight's shape."""
-    return (swiglu_gemm.enabled() and jax.default_backend() == "gpu" and x.dtype == weight.dtype
-            and x.dtype in (jnp.bfloat16, jnp.float16)
-            and swiglu_gemm.fits(x.shape[0] * x.shape[1], weight.shape[0] // 2, weight.shape[1]))
 
 
 class DecoderLayer(nn.Module):
@@ -265,13 +247,13 @@ class DecoderLayer(nn.Module):
             attn_out = matvec(attn.reshape(1, c.q_size), o).reshape(x.shape)
         else:
             attn_out = project(pad_rows(attn, rows), o, self.out_in, kernels=self._kernels)
-        if "gate_up" in matvec_kernels or (self._kernels and self.out_in and swiglu_gemm_applies(x, gate_up)):
+        if "gate_up" in matvec_kernels:
             x, activation = mlp_norm(x, attn_out, then_project=gate_up, swiglu=True)
         else:
             x, h = mlp_norm(x, attn_out, rows)
             gate_up_out = project(h, gate_up, self.out_in, kernels=self._kernels)
             gate, up = jnp.split(gate_up_out, 2, axis=-1)  # padding rows: silu(0) * 0 = 0
-            activation = swiglu_gemm.swiglu_product(gate, up)
+            activation = swiglu_product(gate, up)
         # row 0: the activation may carry a GEMM padding row (FFJAX_MATVEC without gate_up)
         if "down" in matvec_kernels:
             mlp_out = matvec(activation[:, 0], down).reshape(x.shape)

@@ -36,8 +36,7 @@ def kernel_switches() -> tuple:
     from ffjax.attention import resolve_impl
     from ffjax.decoder import MATVEC_ENV
     from pallas_kernels.skinny_gemm import SKINNY_ENV
-    from pallas_kernels.swiglu_gemm import SWIGLU_GEMM_ENV
-    return (resolve_impl(), *(os.environ.get(name) for name in (MATVEC_ENV, SKINNY_ENV, SWIGLU_GEMM_ENV)))
+    return (resolve_impl(), *(os.environ.get(name) for name in (MATVEC_ENV, SKINNY_ENV)))
 
 
 def get(key: tuple, jitted: Callable, *example_args) -> tuple[Any, float]:

@@ -79,7 +79,7 @@ def test_a_kernel_switch_changed_between_calls_compiles_its_own_program(model, m
     prompt = np.arange(1, 300) % tiny_models.VOCAB  # a prompt bucket no other test uses
     ffjax.generate(model, prompt, 8)
     before = executables.count()
-    monkeypatch.setenv("FFJAX_SWIGLU_GEMM", "on")  # read while tracing: the cached program would ignore it
+    monkeypatch.setenv("FFJAX_SKINNY_GEMM", "off")  # read while tracing: the cached program would ignore it
     ffjax.generate(model, prompt, 8)
     assert executables.count() > before
 
