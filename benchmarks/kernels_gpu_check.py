@@ -185,26 +185,6 @@ def check_skinny(case, rng):
                 ok=rel < TOLERANCE["bfloat16"] and got.shape == (rows, num_out))
 
 
-def check_norm_over_partials(case, rng):
-    """The residual norm summing ``skinny_gemm``'s split-K partials itself (the decoder's down projection feeding
-    the next norm) against XLA's sum of the same partials fed to the reference: the same float32 sums, rounded
-    the same way, so they should agree to a bf16 ulp where the squares' order flips a rounding."""
-    from pallas_kernels import residual_rms_norm as norm
-    from pallas_kernels import skinny_gemm as sg
-    rows, num_out, width, config = case
-    h = jnp.asarray(rng.standard_normal((rows, width)), jnp.bfloat16)
-    weight = jnp.asarray(0.02 * rng.standard_normal((num_out, width)), jnp.bfloat16)
-    x = jnp.asarray(rng.standard_normal((1, 1, num_out)), jnp.bfloat16)
-    scale = jnp.asarray(rng.standard_normal(num_out), jnp.bfloat16)
-    partials = sg.SplitKPartials(jax.jit(sg.gpu_skinny_gemm_partials, static_argnums=2)(h, weight, config), rows)
-    got = jax.jit(lambda x, p: norm.residual_rms_norm(x, p, scale, eps=1e-6, backend="gpu_triton"))(x, partials)
-    want = norm.reference(x, partials.to_rows(1, x.dtype), scale, eps=1e-6)
-    errors = [float(np.max(np.abs(np.asarray(g, np.float32) - np.asarray(w, np.float32)))
-                    / max(float(np.max(np.abs(np.asarray(w, np.float32)))), 1e-30)) for g, w in zip(got, want)]
-    return dict(case=f"norm over skinny partials {(rows, num_out, width)}", config=repr(config),
-                rel_max_error=errors, ok=max(errors) <= TOLERANCE["bfloat16"])
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -233,11 +213,9 @@ def main():
     from pallas_kernels.dispatch import hopper_gpu
     if hopper_gpu() and not (args.append_only or args.mosaic_only):
         jobs += [(case, "skinny") for case in skinny_cases()]
-        jobs += [(case, "norm_partials") for case in skinny_cases() if case[3].split_k > 1 and case[0] <= 2]
     for case, config in jobs:
         try:
-            checks = {"append": check_append, "norm": check_norm, "skinny": check_skinny,
-                      "norm_partials": check_norm_over_partials}
+            checks = {"append": check_append, "norm": check_norm, "skinny": check_skinny}
             result = (checks[config](case, rng) if config in checks
                       else check(case, config, rng, args.interpret))
         except Exception as error:  # report and keep checking the rest

@@ -120,8 +120,6 @@ class RMSNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
         if then_project is not None:
             # delta may carry GEMM padding rows past the real one (``gemm_rows``): the kernel reads row 0 only.
-            if isinstance(delta, skinny_gemm.SplitKPartials):
-                delta = delta.to_rows(x.shape[0], x.dtype)
             total, y = matvec(x.reshape(1, -1), then_project, norm_scale=scale, eps=self.eps, swiglu=swiglu,
                               residual=None if delta is None else delta.reshape(-1, x.shape[-1]))
             return total.reshape(x.shape), y.reshape(*x.shape[:-1], -1)
@@ -155,23 +153,17 @@ def nothing_to_add(x, tokens):
     return jnp.zeros((batch, gemm_rows(batch, num_tokens) or num_tokens, x.shape[2]), x.dtype)
 
 
-def project(h, weight, out_in: bool, *, kernels: bool = False, to_residual_norm: bool = False):
+def project(h, weight, out_in: bool, *, kernels: bool = False):
     """h [B, T', K] times weight ([K, N], or [N, K] when ``out_in``) -> [B, T', N]. Padding rows (``gemm_rows``)
     are kept, not sliced off: the kernels that consume projections (``append_attention``,
     ``residual_rms_norm``) read only the real rows, and a slice would be one more copy kernel per projection.
 
     ``kernels``: the [N, K] product may run as ``skinny_gemm``'s tensor-core kernel where its plan has a config
-    measured faster than XLA's GEMM (on Hopper GPUs, a few rows; see ``skinny_gemm_config``).
-    ``to_residual_norm``: the product only feeds ``RMSNorm``'s residual add, so the kernel's split-K partials
-    may be returned unsummed (``skinny_gemm.SplitKPartials``; unless $FFJAX_SKINNY_GEMM is xla_sum)."""
+    measured faster than XLA's GEMM (on Hopper GPUs, a few rows; see ``skinny_gemm_config``)."""
     config = skinny_gemm_config(h, weight) if kernels and out_in else None
     if config is not None:
         batch, rows, width = h.shape
-        partials = skinny_gemm.SplitKPartials(
-            skinny_gemm.gpu_skinny_gemm_partials(h.reshape(batch * rows, width), weight, config), rows)
-        if to_residual_norm and skinny_gemm.mode() == "auto":
-            return partials
-        return partials.to_rows(batch, h.dtype)
+        return skinny_gemm.gpu_skinny_gemm(h.reshape(batch * rows, width), weight, config).reshape(batch, rows, -1)
     return jax.lax.dot_general(h, weight, (((2,), (1 if out_in else 0,)), ((), ())))
 
 
@@ -282,8 +274,7 @@ class DecoderLayer(nn.Module):
         if "down" in matvec_kernels:
             mlp_out = matvec(activation[:, 0], down).reshape(x.shape)
         else:
-            mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels,
-                              to_residual_norm=True)  # the next norm adds it: the next layer's or the final
+            mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels)
         return (x, mlp_out, cache_k, cache_v), None
 
 

@@ -4,8 +4,7 @@ A pre-norm decoder layer adds a sublayer's output to the residual stream and nor
 projection. XLA:GPU runs that as an add-and-reduce kernel and a normalise kernel (plus a pad kernel for the
 two-row GEMM trick of ``ffjax.decoder.project``); at batch-1 decoding each is a few microseconds of launch
 and latency for a 3 KB row. This kernel does all of it per row, and can write the normalised rows padded with
-zero rows, so the GEMM that follows reads them directly. The addend may also be a projection's split-K partials
-as ``skinny_gemm`` wrote them (``SplitKPartials``): summed here, they need no XLA kernel of their own.
+zero rows, so the GEMM that follows reads them directly.
 """
 
 from __future__ import annotations
@@ -18,19 +17,16 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.gpu_triton import _next_power_of_two
-from pallas_kernels.skinny_gemm import SplitKPartials
 
 
 def reference(x, delta, scale, *, eps: float, rows: int | None = None):
     """(x + delta, RMSNorm(x + delta)) for x [B, T, D], delta [B, T' >= T, D] (rows past T ignored; None:
-    nothing added; or ``SplitKPartials`` of such a product, summed in float32 and rounded first), scale [D].
+    nothing added), scale [D].
 
     The sum is rounded to x's dtype; the norm runs in float32 and the normalised values are rounded to the
     dtype before the scale multiplies them (HF's order). With ``rows`` > T the normalised output has ``rows``
     rows, the extra ones zero.
     """
-    if isinstance(delta, SplitKPartials):
-        delta = delta.to_rows(x.shape[0], x.dtype)
     total = x if delta is None else x + delta[:, :x.shape[1]]
     x32 = total.astype(jnp.float32)
     normed = scale * (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
@@ -39,9 +35,8 @@ def reference(x, delta, scale, *, eps: float, rows: int | None = None):
     return total, normed
 
 
-def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, num_tokens, has_delta,
-            partial_rows_per_batch):
-    batch_row, token = pl.program_id(0), pl.program_id(1)  # read here: the interpreter has none inside pl.when
+def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, num_tokens, has_delta):
+    token = pl.program_id(1)
     lanes = jnp.arange(_next_power_of_two(width), dtype=jnp.int32)
     in_row = lanes < width
     row = pl.ds(0, lanes.shape[0])
@@ -53,12 +48,7 @@ def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, n
     @pl.when(token < num_tokens)
     def _real_row():
         x = plgpu.load(x_ref.at[token, row], mask=in_row, other=0)
-        if partial_rows_per_batch is not None:  # delta_ref: all of SplitKPartials.values [split_k, D, 8]
-            column = batch_row * partial_rows_per_batch + token
-            summed = sum(plgpu.load(delta_ref.at[jnp.int32(part), row, column], mask=in_row, other=0).astype(jnp.float32)
-                         for part in range(delta_ref.shape[0]))
-            x = (x.astype(jnp.float32) + summed.astype(x_ref.dtype).astype(jnp.float32)).astype(x_ref.dtype)
-        elif has_delta:
+        if has_delta:
             x = (x.astype(jnp.float32) + plgpu.load(delta_ref.at[token, row], mask=in_row, other=0)
                  .astype(jnp.float32)).astype(x_ref.dtype)
         plgpu.store(total_ref.at[token, row], x, mask=in_row)
@@ -75,24 +65,13 @@ def gpu_residual_rms_norm(x, delta, scale, *, eps: float, rows: int | None = Non
     batch, num_tokens, width = x.shape
     rows = max(rows or num_tokens, num_tokens)
     has_delta = delta is not None
+    kernel = functools.partial(_kernel, eps=eps, width=width, num_tokens=num_tokens, has_delta=has_delta)
+    delta = x if delta is None else delta
     per_batch = lambda tokens: pl.BlockSpec((None, tokens, width), lambda b, t: (b, 0, 0))  # noqa: E731
-    partial_rows_per_batch = None
-    if isinstance(delta, SplitKPartials):
-        partial_rows_per_batch, delta = delta.rows_per_batch, delta.values
-        if (delta.shape[1] != width or delta.shape[2] < batch * partial_rows_per_batch
-                or partial_rows_per_batch < num_tokens):
-            raise ValueError(f"split-K partials {delta.shape} ({partial_rows_per_batch} rows per batch row) do not "
-                             f"hold a [{batch}, {num_tokens}, {width}] addend")
-        delta_spec = pl.BlockSpec(delta.shape, lambda b, t: (0, 0, 0))
-    else:
-        delta = x if delta is None else delta
-        delta_spec = per_batch(delta.shape[1])
-    kernel = functools.partial(_kernel, eps=eps, width=width, num_tokens=num_tokens, has_delta=has_delta,
-                               partial_rows_per_batch=partial_rows_per_batch)
     total, normed = pl.pallas_call(
         kernel,
         grid=(batch, rows),
-        in_specs=[per_batch(num_tokens), delta_spec, pl.BlockSpec((width,), lambda b, t: (0,))],
+        in_specs=[per_batch(num_tokens), per_batch(delta.shape[1]), pl.BlockSpec((width,), lambda b, t: (0,))],
         out_specs=[per_batch(num_tokens), per_batch(rows)],
         out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((batch, rows, width), x.dtype)],
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),

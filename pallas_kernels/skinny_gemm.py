@@ -8,8 +8,7 @@ padded to 8, are B, and each program (one warpgroup) computes acc [block_n, 8] =
 [block_n, K / split_k] slab of the weight streams through shared memory by TMA under ``plgpu.emit_pipeline``
 (``max_concurrent_steps`` tiles in flight, one WGMMA per step with the previous one still running). The result
 goes to HBM as y.T (for M <= 8 XLA's slice back to [M, N] is a reshape-sized copy); ``split_k > 1`` writes float32
-partials [split_k, N, 8], where N alone gives too few programs to fill the GPU; the decoder leaves their sum to the
-residual norm that reads the product (``SplitKPartials``), not to a separate XLA kernel.
+partials [split_k, N, 8] that XLA sums, where N alone gives too few programs to fill the GPU.
 
 Measured on an H200 (BENCHMARKS.md, issue 2): Qwen2.5-7B's down projection (K = 18944) 36.3 µs against XLA's
 39.2 µs back to back over 28 weights, and the 7B decode step 4.020 -> 3.968 ms/token with it (an interleaved
@@ -25,7 +24,6 @@ kernel's lowering and its plan; its numbers are checked on the GPU (``benchmarks
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 
 import jax
@@ -41,16 +39,14 @@ _WGMMA_ROWS = 64
 _ROW_PAD = 8
 MAX_ROWS = _ROW_PAD  # more rows are a GEMM XLA already runs well (and would want a different kernel)
 
-# Whether the decoder may use the kernel: "auto" (where ``plan`` has a measured config, its split-K partials
-# summed by the residual norm that consumes the product), "xla_sum" (the same, summed by XLA first) or "off".
+# Whether the decoder may use the kernel: "auto" (where ``plan`` has a measured config) or "off".
 SKINNY_ENV = "FFJAX_SKINNY_GEMM"
-SKINNY_MODES = ("auto", "xla_sum", "off")
 
 
 @dataclasses.dataclass(frozen=True)
 class SkinnyConfig:
     """Launch parameters: output features per program, the K chunk per pipeline step, steps in flight, and how
-    many programs share one output tile's K (float32 partials, summed by the consumer)."""
+    many programs share one output tile's K (float32 partials summed by XLA)."""
 
     block_n: int = 64
     block_k: int = 128
@@ -77,35 +73,12 @@ def plan(rows: int, num_out: int, width: int) -> SkinnyConfig | None:
     return PLANS.get((padded_rows(rows), num_out, width))
 
 
-def mode() -> str:
-    """$FFJAX_SKINNY_GEMM: auto (the default), xla_sum or off (see ``SKINNY_MODES``)."""
-    value = os.environ.get(SKINNY_ENV, "auto")
-    if value not in SKINNY_MODES:
-        raise ValueError(f"{SKINNY_ENV} must be one of {', '.join(SKINNY_MODES)}, not {value!r}")
-    return value
-
-
 def enabled() -> bool:
-    """Whether $FFJAX_SKINNY_GEMM lets the decoder use the kernel."""
-    return mode() != "off"
-
-
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["values"], meta_fields=["rows_per_batch"])
-@dataclasses.dataclass(frozen=True)
-class SplitKPartials:
-    """A product [B, T, N] left as the kernel wrote it, for its consumer to sum: ``values`` [split_k, N, rows
-    padded to 8] (float32 where split_k > 1), row b * ``rows_per_batch`` + t holding token t of batch row b.
-
-    Summing inside the consumer (``residual_rms_norm``) saves XLA's sum-slice-transpose kernel after the
-    product: one kernel per layer at batch-1 decoding."""
-
-    values: jax.Array
-    rows_per_batch: int
-
-    def to_rows(self, batch: int, dtype):
-        """The product as [B, rows_per_batch, N] in ``dtype``: summed in float32 and rounded, as XLA does."""
-        summed = self.values.astype(jnp.float32).sum(axis=0)[:, :batch * self.rows_per_batch]
-        return summed.T.astype(dtype).reshape(batch, self.rows_per_batch, -1)
+    """Whether $FFJAX_SKINNY_GEMM lets the decoder use the kernel (auto, the default, or off)."""
+    mode = os.environ.get(SKINNY_ENV, "auto")
+    if mode not in ("auto", "off"):
+        raise ValueError(f"{SKINNY_ENV} must be auto or off, not {mode!r}")
+    return mode == "auto"
 
 
 def reference(x, weight):
@@ -131,12 +104,6 @@ def _check(x, weight, config: SkinnyConfig):
 
 def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig()):
     """x [M <= 8, K] @ weight [N, K].T -> [M, N] in x's dtype (float32 accumulation), the Mosaic GPU kernel."""
-    return SplitKPartials(gpu_skinny_gemm_partials(x, weight, config), x.shape[0]).to_rows(1, x.dtype)[0]
-
-
-def gpu_skinny_gemm_partials(x, weight, config: SkinnyConfig = SkinnyConfig()):
-    """The kernel's own output for x [M <= 8, K] @ weight [N, K].T: [split_k, N, 8] (``SplitKPartials.values``),
-    float32 partial sums where split_k > 1, else the product in x's dtype; columns past M are zero."""
     _check(x, weight, config)
     rows, width = x.shape
     num_out = weight.shape[0]
@@ -181,8 +148,10 @@ def gpu_skinny_gemm_partials(x, weight, config: SkinnyConfig = SkinnyConfig()):
     kernel = plgpu.kernel(
         body, out_type=out_type, grid=(num_out // block_n, split_k), grid_names=("n", "k"),
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup))
-    return kernel(weight, x_padded)
+    partials = kernel(weight, x_padded)
+    y_t = partials[0] if split_k == 1 else partials.sum(axis=0)
+    return y_t[:, :rows].T.astype(x.dtype)
 
 
-__all__ = ["MAX_ROWS", "PLANS", "SKINNY_ENV", "SKINNY_MODES", "SkinnyConfig", "SplitKPartials", "enabled",
-           "gpu_skinny_gemm", "gpu_skinny_gemm_partials", "hopper_gpu", "mode", "plan", "reference"]
+__all__ = ["MAX_ROWS", "PLANS", "SKINNY_ENV", "SkinnyConfig", "enabled", "gpu_skinny_gemm", "hopper_gpu", "plan",
+           "reference"]

@@ -7,13 +7,11 @@ reference to float32 rounding (it sums the squares in another order), which bf16
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from pallas_kernels import residual_rms_norm as norm
-from pallas_kernels.skinny_gemm import SplitKPartials
 
 
 def inputs(seed, batch, tokens, width, dtype):
@@ -69,49 +67,3 @@ def test_padding_rows_of_the_addend_are_never_read():
     for backend in ("reference", "interpret"):
         for g, w in zip(norm.residual_rms_norm(x, padded, scale, eps=1e-6, rows=2, backend=backend), want):
             np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("batch, tokens, rows_per_batch, split_k", [
-    (1, 1, 2, 2),  # the 7B down projection at batch-1 decoding: two split-K partials of a two-row GEMM
-    (3, 1, 1, 3),  # three batch rows decoding, one row each
-    (1, 2, 2, 1),  # no split: the kernel's bf16 product itself
-])
-def test_split_k_partials_are_summed_in_float32_then_added_as_the_rounded_product(batch, tokens, rows_per_batch,
-                                                                                   split_k):
-    """skinny_gemm's own output [split_k, D, 8] (row b * rows_per_batch + t) as the addend: the same result as
-    XLA summing the partials in float32, rounding to the dtype, then the residual add."""
-    width = 200
-    x, _, scale = inputs(5, batch, tokens, width, jnp.bfloat16)
-    rng = np.random.default_rng(6)
-    values = np.zeros((split_k, width, 8), np.float32)
-    values[:, :, :batch * rows_per_batch] = rng.standard_normal((split_k, width, batch * rows_per_batch))
-    values = jnp.asarray(values, jnp.float32 if split_k > 1 else jnp.bfloat16)
-    partials = SplitKPartials(values, rows_per_batch)
-    summed = values.astype(jnp.float32).sum(axis=0)[:, :batch * rows_per_batch].T.astype(jnp.bfloat16)
-    as_rows = summed.reshape(batch, rows_per_batch, width)
-    np.testing.assert_array_equal(partials.to_rows(batch, jnp.bfloat16), as_rows)
-    want = norm.reference(x, as_rows, scale, eps=1e-6, rows=rows_per_batch)
-    for backend in ("reference", "interpret"):
-        got = norm.residual_rms_norm(x, partials, scale, eps=1e-6, rows=rows_per_batch, backend=backend)
-        for g, w in zip(got, want):
-            assert g.shape == w.shape and g.dtype == w.dtype
-            np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=1e-6, atol=1e-6)
-
-
-def test_partials_that_cannot_hold_the_addend_are_refused():
-    x, _, scale = inputs(7, 2, 1, 64, jnp.bfloat16)
-    too_few_columns = SplitKPartials(jnp.zeros((2, 64, 1), jnp.float32), 1)
-    with pytest.raises(ValueError, match="do not hold a"):
-        norm.residual_rms_norm(x, too_few_columns, scale, eps=1e-6, backend="interpret")
-    wrong_width = SplitKPartials(jnp.zeros((2, 32, 8), jnp.float32), 1)
-    with pytest.raises(ValueError, match="do not hold a"):
-        norm.residual_rms_norm(x, wrong_width, scale, eps=1e-6, backend="interpret")
-
-
-def test_the_kernel_over_7b_down_partials_lowers_for_cuda():
-    """The decoder's case on a GPU (not runnable here): x [1, 1, 3584] plus the down projection's two partials."""
-    args = (jax.ShapeDtypeStruct((1, 1, 3584), jnp.bfloat16), jax.ShapeDtypeStruct((2, 3584, 8), jnp.float32),
-            jax.ShapeDtypeStruct((3584,), jnp.bfloat16))
-    fn = lambda x, p, s: norm.gpu_residual_rms_norm(x, SplitKPartials(p, 2), s, eps=1e-6, rows=2)  # noqa: E731
-    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    assert "residual_rms_norm" in text and "stablehlo.reduce" not in text  # the sum is inside the kernel

@@ -73,16 +73,14 @@ def test_decoder_asks_for_the_kernel_only_on_hopper_and_when_allowed(monkeypatch
     monkeypatch.setenv(sg.SKINNY_ENV, "off")
     assert decoder.skinny_gemm_config(h, w) is None
     monkeypatch.setenv(sg.SKINNY_ENV, "yes")
-    with pytest.raises(ValueError, match="FFJAX_SKINNY_GEMM must be one of auto, xla_sum, off"):
+    with pytest.raises(ValueError, match="FFJAX_SKINNY_GEMM must be auto or off"):
         decoder.skinny_gemm_config(h, w)
 
 
-@pytest.mark.parametrize("mode", ["auto", "xla_sum"])
-def test_a_forward_routes_planned_projections_through_the_kernel(monkeypatch, mode):
-    """With the tiny model's down projection planned (the kernel stood in for by its reference, laid out as the
-    kernel writes it, which runs on CPU), a 3-token forward over the per-layer cache calls it once per layer at
-    its rows, and the logits equal XLA's GEMM path, whether the next norm sums its output (auto) or XLA does
-    (xla_sum); the reference impl (FFJAX_ATTENTION=reference) never calls it."""
+def test_a_forward_routes_planned_projections_through_the_kernel(monkeypatch):
+    """With the tiny model's down projection planned (the kernel stood in for by its reference, which runs on
+    CPU), a 3-token forward over the per-layer cache calls it once per layer at its rows, and the logits equal
+    XLA's GEMM path; the reference impl (FFJAX_ATTENTION=reference) never calls it."""
     config = ModelConfig.from_hf(tiny_models.qwen2_config(num_hidden_layers=2).to_dict())
     params = decoder.init_params(config, jax.random.key(0), dtype=jnp.bfloat16, layout=PER_LAYER)
     tokens = jnp.asarray([[5, 9, 2]], jnp.int32)
@@ -94,42 +92,20 @@ def test_a_forward_routes_planned_projections_through_the_kernel(monkeypatch, mo
         return decoder.logits(config, params, hidden)
 
     expected = forward("auto")
-    calls, consumed = [], []
+    calls = []
 
     def stand_in(x, weight, plan):
         calls.append((x.shape, weight.shape, plan))
-        product_t = sg.reference(x, weight).T  # [N, M], as the kernel's one split writes it (padded to 8)
-        return jnp.pad(product_t, ((0, 0), (0, 8 - x.shape[0])))[None]
+        return sg.reference(x, weight)
 
-    to_rows = sg.SplitKPartials.to_rows
-    monkeypatch.setattr(sg.SplitKPartials, "to_rows",
-                        lambda self, *a: consumed.append(self.values.shape) or to_rows(self, *a))
     down = (config.hidden_size, config.intermediate_size)
     monkeypatch.setattr(sg, "hopper_gpu", lambda: True)
     monkeypatch.setattr(sg, "PLANS", {(8, *down): sg.SkinnyConfig(block_k=64)})
-    monkeypatch.setattr(sg, "gpu_skinny_gemm_partials", stand_in)
-    monkeypatch.setenv(sg.SKINNY_ENV, mode)
+    monkeypatch.setattr(sg, "gpu_skinny_gemm", stand_in)
     forward.clear_cache()
     got = forward("auto")
     assert calls == [((3, config.intermediate_size), down, sg.SkinnyConfig(block_k=64))] * config.num_layers
-    # On CPU the norm is the jnp reference, which sums the partials it is handed with to_rows: once per layer
-    # either way, but in the norms (auto) or right after the kernel (xla_sum) -- the product's type tells.
-    assert consumed == [(1, config.hidden_size, 8)] * config.num_layers
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     calls.clear()
     forward("reference")
     assert calls == []
-
-
-def test_the_decoder_hands_the_next_norm_unsummed_partials_unless_told_otherwise(monkeypatch):
-    h, weight = jnp.ones((1, 2, 128), jnp.bfloat16), jnp.ones((64, 128), jnp.bfloat16)
-    monkeypatch.setattr(sg, "hopper_gpu", lambda: True)
-    monkeypatch.setattr(sg, "PLANS", {(8, 64, 128): sg.SkinnyConfig(block_k=64, split_k=2)})
-    monkeypatch.setattr(sg, "gpu_skinny_gemm_partials",
-                        lambda x, w, plan: jnp.full((2, w.shape[0], 8), 64.0, jnp.float32))
-    out = decoder.project(h, weight, True, kernels=True, to_residual_norm=True)
-    assert isinstance(out, sg.SplitKPartials) and out.rows_per_batch == 2
-    for mode, to_norm in (("auto", False), ("xla_sum", True)):
-        monkeypatch.setenv(sg.SKINNY_ENV, mode)
-        rows = decoder.project(h, weight, True, kernels=True, to_residual_norm=to_norm)
-        np.testing.assert_array_equal(rows, jnp.full((1, 2, 64), 128.0, jnp.bfloat16))
