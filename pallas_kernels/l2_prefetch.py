@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.compute_on import compute_on
 from jax.experimental.pallas import triton as plgpu
 
 READERS = ("xla", "pallas")
@@ -51,8 +50,11 @@ def warm(weight, after, *, reader: str):
         raise ValueError(f"reader must be one of {READERS}, not {reader!r}")
     weight, _ = lax.optimization_barrier((weight, after))
     fn = _xla_reader if reader == "xla" else _pallas_reader
-    with compute_on("gpu_stream:1"):
-        return jax.jit(fn)(weight)
+    try:  # JAX 0.11: compute_on wraps a function; 0.10: compute_on2 does, compute_on is a context manager
+        from jax.experimental.compute_on import compute_on2 as on_stream
+    except ImportError:
+        from jax.experimental.compute_on import compute_on as on_stream
+    return on_stream(fn, compute_type="gpu_stream:1", out_memory_spaces=jax.memory.Space.Device)(weight)
 
 
 def wait_for(x, token):
