@@ -34,7 +34,7 @@ import numpy as np
 from ffjax.attention import append_and_attend, attend, resolve_impl
 from ffjax.config import ModelConfig
 from ffjax.kv_cache import PER_LAYER, STACKED, KVCache, default_layout
-from pallas_kernels import l2_prefetch, skinny_gemm
+from pallas_kernels import skinny_gemm
 from pallas_kernels.decode_matvec import matvec, swiglu_product
 from pallas_kernels.reference import split_heads
 from pallas_kernels.residual_rms_norm import residual_rms_norm
@@ -52,17 +52,6 @@ MATVEC_ENV = "FFJAX_MATVEC"
 # large weights at 4.0-4.2 TB/s, and no matvec design swept there beat 3.4-3.8 TB/s: kernels tuned per projection
 # ran the step at 4.34-4.51 ms/token, against 4.06-4.11 ms with XLA's GEMMs.
 MATVEC_MAX_HIDDEN = 2048
-
-# Trial: warm a decoding row's output-projection weight into L2 on a second stream during attention
-# (``pallas_kernels.l2_prefetch``): "off" (default), or the reader, "xla" or "pallas".
-L2_PREFETCH_ENV = "FFJAX_L2_PREFETCH"
-
-
-def l2_prefetch_reader() -> str | None:
-    mode = os.environ.get(L2_PREFETCH_ENV, "off")
-    if mode not in ("off", *l2_prefetch.READERS):
-        raise ValueError(f"{L2_PREFETCH_ENV} must be off or one of {l2_prefetch.READERS}, not {mode!r}")
-    return None if mode == "off" else mode
 
 
 def matvec_projections(config: ModelConfig) -> tuple[str, ...]:
@@ -224,15 +213,11 @@ class DecoderLayer(nn.Module):
         if layer_index is None and mask is None:  # per-layer cache: one fused call adds the bias, rotates, appends
             # The output projection's GEMM padding rows come from the attention's split merge, not a pad kernel.
             o_rows = None if "o" in self._matvec(x) else gemm_rows(batch, num_tokens)
-            reader = l2_prefetch_reader() if o_rows is not None and self._kernels else None
-            o = self._weight("o", c.q_size, c.hidden_size) if reader else None
-            token = l2_prefetch.warm(o, qkv, reader=reader) if reader else None
             attn, cache_k, cache_v = append_and_attend(qkv, rope_cos, rope_sin, cache_k, cache_v, q_start, kv_len,
                                                        num_q_heads=c.num_heads, qkv_bias=bias,
                                                        block_size=self.block_size, impl=self.attention_impl,
                                                        out_rows=o_rows)
-            attn = attn if token is None else l2_prefetch.wait_for(attn, token)
-            return self._rest(x, attn, cache_k, cache_v, o=o)
+            return self._rest(x, attn, cache_k, cache_v)
 
         q, k, v = split_heads(qkv, rope_cos, rope_sin, num_q_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
                               qkv_bias=bias)
@@ -247,13 +232,12 @@ class DecoderLayer(nn.Module):
                       impl=self.attention_impl)
         return self._rest(x, attn, cache_k, cache_v)
 
-    def _rest(self, x, attn, cache_k, cache_v, o=None):
+    def _rest(self, x, attn, cache_k, cache_v):
         """Output projection and MLP: everything after attention. The MLP's output is returned unadded: the
-        next norm (the next layer's, or the final one) adds it in the same kernel. ``o``: the output projection's
-        weight, where the caller has already fetched it."""
+        next norm (the next layer's, or the final one) adds it in the same kernel."""
         c = self.config
         batch, num_tokens, _ = x.shape
-        o = self._weight("o", c.q_size, c.hidden_size) if o is None else o
+        o = self._weight("o", c.q_size, c.hidden_size)
         mlp_norm = RMSNorm(c.rms_norm_eps, self.dtype, self.attention_impl, name="mlp_norm")
         gate_up = self._weight("gate_up", c.hidden_size, 2 * c.intermediate_size)
         down = self._weight("down", c.intermediate_size, c.hidden_size)
