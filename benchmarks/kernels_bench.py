@@ -2,7 +2,7 @@
 under XLA vs cuDNN vs tokamax's kernels (where tokamax is installed).
 
 Run on the GPU machine: ``PYTHONPATH=. python3 benchmarks/kernels_bench.py [--quick] [--contexts N ...]
-[--sweep] [--out DIR]``.
+[--sweep] [--mosaic-sweep] [--out DIR]``.
 
 What is measured, per shape (batch 1, bf16, head_dim 128, the block of Tq queries at the end of a context of
 ``ctx`` keys: q_start = ctx - Tq, kv_len = ctx = cache length):
@@ -195,6 +195,66 @@ SWEEP_CONFIGS = [  # fields left None are planned per shape (gpu_triton.plan)
 ]
 
 
+MOSAIC_SWEEP_CONFIGS = [  # (compute warpgroups, keys per step, ring slots, splits: None = planned)
+    gpu_mosaic.MosaicConfig(compute_warpgroups=w, block_kv=b, max_concurrent_steps=r, num_splits=s)
+    for w, b, r, s in [(2, 128, 2, None), (2, 128, 3, None), (2, 64, 2, None), (2, 64, 4, None),
+                       (2, 128, 2, 8), (2, 128, 2, 30), (1, 128, 2, None), (1, 128, 3, None), (1, 64, 4, None),
+                       (3, 128, 2, None), (3, 64, 3, None), (3, 64, 4, None), (3, 128, 2, 16), (3, 128, 2, 33)]]
+
+
+def bench_mosaic_configs(bandwidth, matmul_rate, ctx=32768):
+    """The Mosaic GPU kernel's launch parameters at the 32k goal shapes (Tq 32), each checked against the
+    reference on the first input set before it is timed."""
+    rows = []
+    for layout, block_size in (("7b", None), ("1.5b", None), ("1.5b", 32)):
+        num_q_heads, num_kv_heads = LAYOUTS[layout]
+        kv_bytes = 2 * ctx * num_kv_heads * HEAD_DIM * 2
+        num_sets = int(min(16, max(2, math.ceil(2 * L2_BYTES / kv_bytes))))
+        sets = make_sets(ctx, 32, num_q_heads, num_kv_heads, num_sets, seed=3)
+        q_start = jnp.asarray([ctx - 32], jnp.int32)
+        kv_len = jnp.asarray([ctx], jnp.int32)
+        needed_bytes = kv_bytes + 2 * 32 * num_q_heads * HEAD_DIM * 2
+        flops = 4 * visible_pairs(32, ctx - 32, ctx, block_size) * num_q_heads * HEAD_DIM
+        expected = reference.prefix_block_attention(*sets[0], q_start, kv_len, block_size=block_size)
+        for config in MOSAIC_SWEEP_CONFIGS:
+            row = dict(layout=layout, ctx=ctx, tq=32, mask="causal" if block_size is None else f"block{block_size}",
+                       config=repr(config))
+            try:
+                def op(q, k, v, config=config):
+                    return gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size,
+                                                             config=config)
+                error = float(jnp.max(jnp.abs(op(*sets[0]).astype(jnp.float32) - expected.astype(jnp.float32))))
+                many = jax.jit(lambda all_sets, op=op: tuple(op(q, k, v) for q, k, v in all_sets))
+                seconds = common.time_back_to_back(lambda: many(sets)) / num_sets
+                row.update(max_abs_error=error, us=seconds * 1e6, pct_read_bw=100 * needed_bytes / seconds / bandwidth,
+                           pct_of_floor=100 * max(needed_bytes / bandwidth, flops / matmul_rate) / seconds)
+            except Exception as error:  # noqa: BLE001 - a config that does not fit is a result
+                row["error"] = f"{type(error).__name__}: {error}"[:300]
+            rows.append(row)
+            print(f"mosaic sweep {layout} {row['mask']} {config}: " +
+                  (f"{row['us']:.1f} us, {row['pct_read_bw']:.1f}% bw, err {row['max_abs_error']:.2e}"
+                   if "us" in row else row["error"][:160]), flush=True)
+        # Where the default config's time goes: the device's kernels of one traced call, per input set.
+        from benchmarks.decode_kernels import traced_events
+        many = jax.jit(lambda all_sets: tuple(
+            gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size) for q, k, v in all_sets))
+        jax.block_until_ready(many(sets))
+        try:
+            _, events = traced_events(many, sets)
+            kernels = {}
+            for name, _, duration_ns in events:
+                kernels[name] = kernels.get(name, 0.0) + duration_ns / 1e3 / num_sets
+            span_us = (events[-1][1] + events[-1][2] - events[0][1]) / 1e3 / num_sets if events else 0.0
+            rows.append(dict(layout=layout, mask=row["mask"], profile_us_per_set=kernels, span_us_per_set=span_us))
+            print(f"profile {layout} {row['mask']}: span {span_us:.1f} us/set; " +
+                  "; ".join(f"{name[:60]} {us:.1f}" for name, us in sorted(kernels.items(), key=lambda x: -x[1])),
+                  flush=True)
+        except Exception as error:  # noqa: BLE001
+            print("profile failed:", type(error).__name__, str(error)[:200], flush=True)
+        del sets
+    return rows
+
+
 def table(rows):
     lines = [f"{'impl':18} {'layout':6} {'ctx':>6} {'Tq':>4} {'mask':8} {'us':>9} {'GB/s':>7} {'%bw':>5} "
              f"{'TF/s':>6} {'%floor':>6} {'x XLA':>6}"]
@@ -218,6 +278,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="32k context only, no Tq 64")
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
     parser.add_argument("--sweep", action="store_true", help="also time launch configurations at 32k")
+    parser.add_argument("--mosaic-sweep", action="store_true",
+                        help="only time the Mosaic GPU kernel's launch configurations at 32k, Tq 32")
     parser.add_argument("--training", action="store_true", help="also time the block-diffusion training mask")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # tokamax parses absl flags from argv, and ours are not its
@@ -229,6 +291,11 @@ def main():
     results = dict(jax=jax.__version__, device=jax.devices()[0].device_kind, read_bytes_per_s=bandwidth,
                    matmul_flops_per_s=matmul_rate, rows=[], sweep=[])
     sweep_lines = []
+    if args.mosaic_sweep:
+        results["mosaic_sweep"] = bench_mosaic_configs(bandwidth, matmul_rate)
+        with open(os.path.join(args.out, "kernels_bench.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        return
 
     def save():  # after every shape, so a run cut short still leaves its numbers
         with open(os.path.join(args.out, "kernels_bench.json"), "w") as f:
