@@ -90,7 +90,7 @@ def stand_in_for_xprof():
         setattr(sys.modules[parent], child, sys.modules[f"{parent}.{child}"])
 
 
-def implementations(block_size, config):
+def implementations(block_size, config, mosaic_config=gpu_mosaic.MosaicConfig()):
     def pallas(q, k, v, q_start, kv_len):
         return gpu_triton.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, config=config)
 
@@ -102,7 +102,8 @@ def implementations(block_size, config):
         return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_len, implementation="cudnn")
 
     def mosaic(q, k, v, q_start, kv_len):
-        return gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size)
+        return gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size,
+                                                 config=mosaic_config)
 
     impls = {"pallas_triton": pallas, "pallas_mosaic": mosaic, "xla_reference": xla, "cudnn_prefix_only": cudnn}
     try:  # optional: tokamax's kernels take the exact mask as a per-query key range (k_end)
@@ -126,19 +127,30 @@ def implementations(block_size, config):
     return impls
 
 
-def bench_shape(layout, ctx, num_queries, block_size, bandwidth, matmul_rate, impl_names, config, seed=0):
+def shape_inputs(layout, ctx, num_queries, seed=0):
+    """Input sets for one shape (enough that together they overflow L2), the block's q_start and kv_len."""
     num_q_heads, num_kv_heads = LAYOUTS[layout]
     kv_bytes = 2 * ctx * num_kv_heads * HEAD_DIM * 2
     num_sets = int(min(16, max(2, math.ceil(2 * L2_BYTES / kv_bytes))))
     sets = make_sets(ctx, num_queries, num_q_heads, num_kv_heads, num_sets, seed)
-    q_start = jnp.asarray([ctx - num_queries], jnp.int32)
-    kv_len = jnp.asarray([ctx], jnp.int32)
+    return sets, jnp.asarray([ctx - num_queries], jnp.int32), jnp.asarray([ctx], jnp.int32)
+
+
+def bench_shape(layout, ctx, num_queries, block_size, bandwidth, matmul_rate, impl_names, config, seed=0,
+                mosaic_config=gpu_mosaic.MosaicConfig(), check=False):
+    """One row per implementation. ``check``: also the max |difference| from the reference on the first set."""
+    num_q_heads, num_kv_heads = LAYOUTS[layout]
+    kv_bytes = 2 * ctx * num_kv_heads * HEAD_DIM * 2
+    sets, q_start, kv_len = shape_inputs(layout, ctx, num_queries, seed)
+    num_sets = len(sets)
     pairs = visible_pairs(num_queries, ctx - num_queries, ctx, block_size)
     flops = 4 * pairs * num_q_heads * HEAD_DIM
     needed_bytes = kv_bytes + 2 * num_queries * num_q_heads * HEAD_DIM * 2
     floor = max(needed_bytes / bandwidth, flops / matmul_rate)
     rows = []
-    impls = implementations(block_size, config)
+    impls = implementations(block_size, config, mosaic_config)
+    expected = (reference.prefix_block_attention(*sets[0], q_start, kv_len, block_size=block_size)
+                .astype(jnp.float32) if check else None)
     for name in impl_names:
         op = impls[name]
         row = dict(impl=name, layout=layout, ctx=ctx, tq=num_queries,
@@ -146,7 +158,12 @@ def bench_shape(layout, ctx, num_queries, block_size, bandwidth, matmul_rate, im
                    needed_bytes=needed_bytes, flops=flops, floor_us=floor * 1e6)
         if name == "pallas_triton":
             row["config"] = repr(gpu_triton.describe(sets[0][0].shape, sets[0][1].shape, jnp.bfloat16, config))
+        if name == "pallas_mosaic":
+            row["config"] = repr(mosaic_config)
         try:
+            if check:
+                row["max_abs_error"] = float(jnp.max(jnp.abs(op(*sets[0], q_start, kv_len).astype(jnp.float32)
+                                                             - expected)))
             many = jax.jit(lambda all_sets, op=op: tuple(op(q, k, v, q_start, kv_len) for q, k, v in all_sets))
             seconds = common.time_back_to_back(lambda: many(sets)) / num_sets
             row.update(us=seconds * 1e6, bytes_per_s=needed_bytes / seconds,
@@ -155,8 +172,9 @@ def bench_shape(layout, ctx, num_queries, block_size, bandwidth, matmul_rate, im
         except Exception as error:  # an unsupported variant is a result, not a crash
             row["error"] = f"{type(error).__name__}: {error}"[:500]
         rows.append(row)
+        checked = f", max |error| {row['max_abs_error']:.2e}, {row.get('config', '')}" if "max_abs_error" in row else ""
         print(f"  {name} {layout} ctx={ctx} Tq={num_queries} {row['mask']}: "
-              f"{row['us']:.1f} us" if "us" in row else f"  {name}: {row['error'][:200]}", flush=True)
+              f"{row['us']:.1f} us{checked}" if "us" in row else f"  {name}: {row['error'][:200]}", flush=True)
     del sets
     return rows
 
@@ -202,57 +220,39 @@ MOSAIC_SWEEP_CONFIGS = [  # (compute warpgroups, keys per step, ring slots, spli
                        (3, 128, 2, None), (3, 64, 3, None), (3, 64, 4, None), (3, 128, 2, 16), (3, 128, 2, 33)]]
 
 
+def profile_call(layout, ctx, num_queries, block_size):
+    """The device's kernels of one traced call of the default Mosaic path, µs per input set by kernel name."""
+    from benchmarks.decode_kernels import traced_events
+    sets, q_start, kv_len = shape_inputs(layout, ctx, num_queries)
+    op = implementations(block_size, None)["pallas_mosaic"]
+    many = jax.jit(lambda all_sets: tuple(op(q, k, v, q_start, kv_len) for q, k, v in all_sets))
+    jax.block_until_ready(many(sets))
+    _, events = traced_events(many, sets)
+    kernels = {}
+    for name, _, duration_ns in events:
+        kernels[name] = kernels.get(name, 0.0) + duration_ns / 1e3 / len(sets)
+    span_us = (events[-1][1] + events[-1][2] - events[0][1]) / 1e3 / len(sets) if events else 0.0
+    return dict(layout=layout, ctx=ctx, tq=num_queries, profile_us_per_set=kernels, span_us_per_set=span_us)
+
+
 def bench_mosaic_configs(bandwidth, matmul_rate, ctx=32768):
     """The Mosaic GPU kernel's launch parameters at the 32k goal shapes (Tq 32), each checked against the
-    reference on the first input set before it is timed."""
-    rows = []
+    reference; then where the default's time goes. Returns (rows, profiles)."""
+    rows, profiles = [], []
     for layout, block_size in (("7b", None), ("1.5b", None), ("1.5b", 32)):
-        num_q_heads, num_kv_heads = LAYOUTS[layout]
-        kv_bytes = 2 * ctx * num_kv_heads * HEAD_DIM * 2
-        num_sets = int(min(16, max(2, math.ceil(2 * L2_BYTES / kv_bytes))))
-        sets = make_sets(ctx, 32, num_q_heads, num_kv_heads, num_sets, seed=3)
-        q_start = jnp.asarray([ctx - 32], jnp.int32)
-        kv_len = jnp.asarray([ctx], jnp.int32)
-        needed_bytes = kv_bytes + 2 * 32 * num_q_heads * HEAD_DIM * 2
-        flops = 4 * visible_pairs(32, ctx - 32, ctx, block_size) * num_q_heads * HEAD_DIM
-        expected = reference.prefix_block_attention(*sets[0], q_start, kv_len, block_size=block_size)
         for config in MOSAIC_SWEEP_CONFIGS:
-            row = dict(layout=layout, ctx=ctx, tq=32, mask="causal" if block_size is None else f"block{block_size}",
-                       config=repr(config))
-            try:
-                def op(q, k, v, config=config):
-                    return gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size,
-                                                             config=config)
-                error = float(jnp.max(jnp.abs(op(*sets[0]).astype(jnp.float32) - expected.astype(jnp.float32))))
-                many = jax.jit(lambda all_sets, op=op: tuple(op(q, k, v) for q, k, v in all_sets))
-                seconds = common.time_back_to_back(lambda: many(sets)) / num_sets
-                row.update(max_abs_error=error, us=seconds * 1e6, pct_read_bw=100 * needed_bytes / seconds / bandwidth,
-                           pct_of_floor=100 * max(needed_bytes / bandwidth, flops / matmul_rate) / seconds)
-            except Exception as error:  # noqa: BLE001 - a config that does not fit is a result
-                row["error"] = f"{type(error).__name__}: {error}"[:300]
+            (row,) = bench_shape(layout, ctx, 32, block_size, bandwidth, matmul_rate, ["pallas_mosaic"], None,
+                                 seed=3, mosaic_config=config, check=True)
             rows.append(row)
-            print(f"mosaic sweep {layout} {row['mask']} {config}: " +
-                  (f"{row['us']:.1f} us, {row['pct_read_bw']:.1f}% bw, err {row['max_abs_error']:.2e}"
-                   if "us" in row else row["error"][:160]), flush=True)
-        # Where the default config's time goes: the device's kernels of one traced call, per input set.
-        from benchmarks.decode_kernels import traced_events
-        many = jax.jit(lambda all_sets: tuple(
-            gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size) for q, k, v in all_sets))
-        jax.block_until_ready(many(sets))
         try:
-            _, events = traced_events(many, sets)
-            kernels = {}
-            for name, _, duration_ns in events:
-                kernels[name] = kernels.get(name, 0.0) + duration_ns / 1e3 / num_sets
-            span_us = (events[-1][1] + events[-1][2] - events[0][1]) / 1e3 / num_sets if events else 0.0
-            rows.append(dict(layout=layout, mask=row["mask"], profile_us_per_set=kernels, span_us_per_set=span_us))
-            print(f"profile {layout} {row['mask']}: span {span_us:.1f} us/set; " +
-                  "; ".join(f"{name[:60]} {us:.1f}" for name, us in sorted(kernels.items(), key=lambda x: -x[1])),
-                  flush=True)
-        except Exception as error:  # noqa: BLE001
+            profile = profile_call(layout, ctx, 32, block_size)
+            profiles.append(profile)
+            print(f"profile {layout} {block_size}: span {profile['span_us_per_set']:.1f} us/set; " + "; ".join(
+                f"{name[:60]} {us:.1f}" for name, us in sorted(profile["profile_us_per_set"].items(),
+                                                               key=lambda item: -item[1])), flush=True)
+        except Exception as error:  # noqa: BLE001 - the sweep's rows stand without it
             print("profile failed:", type(error).__name__, str(error)[:200], flush=True)
-        del sets
-    return rows
+    return rows, profiles
 
 
 def table(rows):
@@ -291,15 +291,15 @@ def main():
     results = dict(jax=jax.__version__, device=jax.devices()[0].device_kind, read_bytes_per_s=bandwidth,
                    matmul_flops_per_s=matmul_rate, rows=[], sweep=[])
     sweep_lines = []
-    if args.mosaic_sweep:
-        results["mosaic_sweep"] = bench_mosaic_configs(bandwidth, matmul_rate)
-        with open(os.path.join(args.out, "kernels_bench.json"), "w") as f:
-            json.dump(results, f, indent=1)
-        return
 
     def save():  # after every shape, so a run cut short still leaves its numbers
         with open(os.path.join(args.out, "kernels_bench.json"), "w") as f:
             json.dump(results, f, indent=1)
+
+    if args.mosaic_sweep:
+        results["mosaic_sweep"], results["mosaic_profile"] = bench_mosaic_configs(bandwidth, matmul_rate)
+        save()
+        return
 
     chosen = gpu_triton.TritonConfig()  # the table runs the defaults; the sweep is for choosing them
     if args.sweep:
