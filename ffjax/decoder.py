@@ -76,13 +76,16 @@ def matvec_projections(config: ModelConfig) -> tuple[str, ...]:
 PARTIALS_ENV = "FFJAX_PARTIALS"
 PARTIAL_PROJECTIONS = ("qkv", "o", "down")
 PARTIALS_PLAN: dict[tuple[str, int, int, int], int] = {}  # (projection, rows, N, K) -> S, where measured faster
+# Products of more rows (prefill) are tiled over rows, with no split-K to spare; their partials would also cost the
+# fused attention a block of S float32 tiles per query tile (over the H100's shared memory at 1024 rows, S=4).
+PARTIALS_MAX_ROWS = 64
 
 
 def split_k_partials(projection: str, rows: int, num_out: int, width: int) -> int | None:
     """How many split-K partials ``projection`` (x [rows, width] times a [num_out, width] weight) leaves for its
     consumer to sum, per $FFJAX_PARTIALS; None: XLA's GEMM sums them itself."""
     mode = os.environ.get(PARTIALS_ENV, "auto")
-    if mode == "off":
+    if mode == "off" or rows > PARTIALS_MAX_ROWS:
         return None
     if mode == "auto":
         on_gpu = jax.default_backend() == "gpu"

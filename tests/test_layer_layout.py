@@ -101,6 +101,7 @@ def test_partials_plan_and_refusals(monkeypatch):
     monkeypatch.setenv(decoder.PARTIALS_ENV, "qkv=4,down=2")
     assert (partials("qkv", 2, 4608, 3584), partials("down", 2, 3584, 18944), partials("o", 2, 3584, 3584)) == (4, 2, None)
     assert partials("qkv", 2, 96, 66) is None  # 4 does not divide the width: XLA's own GEMM
+    assert partials("qkv", 1024, 4608, 3584) is None  # a prefill: no partials
     monkeypatch.setenv(decoder.PARTIALS_ENV, "auto")
     assert partials("qkv", 2, 4608, 3584) is None  # on CPU: never
     for bad in ("qkv", "gate_up=2", "qkv=many"):
