@@ -116,23 +116,16 @@ APPEND_CASES = [
 ]
 
 
-def check_append(case, rng, num_partials=None):
-    """The fused kernel against the reference; with ``num_partials``, qkv arrives as that many float32 split-K
-    partials and the reference reads the projection their sum rounds to."""
+def check_append(case, rng):
     batch, num_tokens, num_q_heads, num_kv_heads, head_dim, num_keys, block_size, dtype, q_start, kv_len = case
-    shape = (batch, num_tokens, num_q_heads + 2 * num_kv_heads, head_dim)
-    if num_partials is None:
-        qkv = kernel_qkv = jnp.asarray(rng.standard_normal(shape), dtype)
-    else:
-        kernel_qkv = jnp.asarray(rng.standard_normal((num_partials, *shape)) / np.sqrt(num_partials), jnp.float32)
-        qkv = reference.summed_projection(kernel_qkv, jnp.dtype(dtype))
+    qkv = jnp.asarray(rng.standard_normal((batch, num_tokens, num_q_heads + 2 * num_kv_heads, head_dim)), dtype)
     bias = jnp.asarray(rng.standard_normal((num_q_heads + 2 * num_kv_heads) * head_dim), dtype)
     positions = np.asarray(q_start)[:, None] + np.arange(num_tokens)[None, :]
     angles = positions[..., None] * (1e6 ** -(np.arange(0, head_dim, 2) / head_dim))
     cos, sin = jnp.asarray(np.cos(angles), jnp.float32), jnp.asarray(np.sin(angles), jnp.float32)
     stale_k, stale_v, k, v = caches(rng, batch, num_keys, num_kv_heads, head_dim, q_start)
     q_start, kv_len = jnp.asarray(q_start, jnp.int32), jnp.asarray(kv_len, jnp.int32)
-    out, out_k, out_v = append_attention(kernel_qkv, cos, sin, jnp.asarray(stale_k, dtype), jnp.asarray(stale_v, dtype),
+    out, out_k, out_v = append_attention(qkv, cos, sin, jnp.asarray(stale_k, dtype), jnp.asarray(stale_v, dtype),
                                          q_start, kv_len, num_q_heads=num_q_heads, qkv_bias=bias,
                                          block_size=block_size)
     with jax.default_matmul_precision("highest"):
@@ -148,29 +141,24 @@ def check_append(case, rng, num_partials=None):
             got, want = got[keep], want[keep]
         errors[name] = float(np.linalg.norm(np.nan_to_num(got - want, nan=1e30)) / max(np.linalg.norm(want), 1e-30))
     ok = all(e < TOLERANCE[dtype] for e in errors.values()) and out.dtype == qkv.dtype
-    name = "append " if num_partials is None else f"append from {num_partials} partials "
-    return dict(case=name + repr(case[:8]), rel_error=errors, ok=ok)
+    return dict(case="append " + repr(case[:8]), rel_error=errors, ok=ok)
 
 
 NORM_CASES = [(1, 1, 1536, "bfloat16", 2), (1, 32, 1536, "bfloat16", None), (2, 3, 3584, "float32", None)]
 
 
-def check_norm(case, rng, num_partials=None):
-    """The fused residual add + RMSNorm kernel against its reference (same float32 arithmetic per element); with
-    ``num_partials``, the addend arrives as that many float32 split-K partials."""
+def check_norm(case, rng):
+    """The fused residual add + RMSNorm kernel against its reference (same float32 arithmetic per element)."""
     from pallas_kernels import residual_rms_norm as norm
     batch, tokens, width, dtype, rows = case
     x, delta = (jnp.asarray(rng.standard_normal((batch, tokens, width)), dtype) for _ in range(2))
-    if num_partials is not None:
-        delta = jnp.asarray(rng.standard_normal((num_partials, batch, tokens, width)), jnp.float32)
     scale = jnp.asarray(rng.standard_normal(width), dtype)
     got = norm.residual_rms_norm(x, delta, scale, eps=1e-6, rows=rows, backend="gpu_triton")
     want = norm.reference(x, delta, scale, eps=1e-6, rows=rows)
     # Relative to the largest output: a bf16 ulp where the sums' order flips a rounding, float32 rounding else.
     errors = [float(np.max(np.abs(np.asarray(g, np.float32) - np.asarray(w, np.float32)))
                     / max(float(np.max(np.abs(np.asarray(w, np.float32)))), 1e-30)) for g, w in zip(got, want)]
-    name = "norm " if num_partials is None else f"norm of {num_partials} partials "
-    return dict(case=name + repr(case), rel_max_error=errors, ok=max(errors) <= TOLERANCE[dtype])
+    return dict(case="norm " + repr(case), rel_max_error=errors, ok=max(errors) <= TOLERANCE[dtype])
 
 
 # Skinny tensor-core GEMM (Mosaic GPU, Hopper only): (rows, N, K, config); every planned shape with its plan, plus
@@ -221,17 +209,13 @@ def main():
                 if supports((case[0], case[1], case[2], case[4]), (case[0], case[5], case[3], case[4]), case[7])]
     if not (args.skinny_only or args.mosaic_only):
         jobs += [(case, "append") for case in APPEND_CASES if not args.interpret]
-        jobs += [(case, "append_partials") for case in APPEND_CASES[:3] if not args.interpret]
-        jobs += [(case, "norm_partials") for case in NORM_CASES if not args.interpret]
         jobs += [(case, "norm") for case in NORM_CASES if not args.interpret]
     from pallas_kernels.dispatch import hopper_gpu
     if hopper_gpu() and not (args.append_only or args.mosaic_only):
         jobs += [(case, "skinny") for case in skinny_cases()]
     for case, config in jobs:
         try:
-            checks = {"append": check_append, "norm": check_norm, "skinny": check_skinny,
-                      "append_partials": lambda case, rng: check_append(case, rng, num_partials=4),
-                      "norm_partials": lambda case, rng: check_norm(case, rng, num_partials=2)}
+            checks = {"append": check_append, "norm": check_norm, "skinny": check_skinny}
             result = (checks[config](case, rng) if config in checks
                       else check(case, config, rng, args.interpret))
         except Exception as error:  # report and keep checking the rest

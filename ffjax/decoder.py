@@ -69,38 +69,6 @@ def matvec_projections(config: ModelConfig) -> tuple[str, ...]:
     return chosen
 
 
-# Which projections leave their split-K partials unsummed, for the kernel that consumes them to add up as it reads
-# them (``project_partials``): the qkv projection's for the fused attention, o's and down's for the next residual
-# norm. "auto" (the shapes of ``PARTIALS_PLAN``, on GPUs), "off", or "projection=S,..." (such as "qkv=4,o=2") for
-# every shape whose input width S divides.
-PARTIALS_ENV = "FFJAX_PARTIALS"
-PARTIAL_PROJECTIONS = ("qkv", "o", "down")
-PARTIALS_PLAN: dict[tuple[str, int, int, int], int] = {}  # (projection, rows, N, K) -> S, where measured faster
-# Products of more rows (prefill) are tiled over rows, with no split-K to spare; their partials would also cost the
-# fused attention a block of S float32 tiles per query tile (over the H100's shared memory at 1024 rows, S=4).
-PARTIALS_MAX_ROWS = 64
-
-
-def split_k_partials(projection: str, rows: int, num_out: int, width: int) -> int | None:
-    """How many split-K partials ``projection`` (x [rows, width] times a [num_out, width] weight) leaves for its
-    consumer to sum, per $FFJAX_PARTIALS; None: XLA's GEMM sums them itself."""
-    mode = os.environ.get(PARTIALS_ENV, "auto")
-    if mode == "off" or rows > PARTIALS_MAX_ROWS:
-        return None
-    if mode == "auto":
-        on_gpu = jax.default_backend() == "gpu"
-        return PARTIALS_PLAN.get((projection, rows, num_out, width)) if on_gpu else None
-    chosen = {}
-    for item in mode.split(","):
-        name, _, count = item.partition("=")
-        if name not in PARTIAL_PROJECTIONS or not count.isdigit() or int(count) < 1:
-            raise ValueError(f"{PARTIALS_ENV} must be auto, off or projection=partials,... with projections from "
-                             f"{PARTIAL_PROJECTIONS} (such as qkv=4,o=2), not {mode!r}")
-        chosen[name] = int(count)
-    partials = chosen.get(projection, 1)
-    return partials if partials > 1 and width % partials == 0 else None
-
-
 def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
     """HF's inverse frequencies (float32), with Llama-3 scaling when the config asks for it."""
     exponents = np.arange(0, config.head_dim, 2, dtype=np.float32) / config.head_dim
@@ -188,17 +156,6 @@ def project(h, weight, out_in: bool, *, kernels: bool = False):
     return jax.lax.dot_general(h, weight, (((2,), (1 if out_in else 0,)), ((), ())))
 
 
-def project_partials(h, weight, num_partials: int):
-    """h [B, T', K] times an [N, K] weight as ``num_partials`` float32 products over consecutive K chunks,
-    [S, B, T', N], for a consumer that sums them as it reads them: one batched GEMM and no summing kernel, where
-    XLA's own split-K GEMM adds a reduction kernel after it."""
-    batch, rows, width = h.shape
-    chunk = width // num_partials
-    return jax.lax.dot_general(h.reshape(batch, rows, num_partials, chunk),
-                               weight.reshape(weight.shape[0], num_partials, chunk),
-                               (((3,), (2,)), ((2,), (1,))), preferred_element_type=jnp.float32)
-
-
 def skinny_gemm_config(h, weight) -> skinny_gemm.SkinnyConfig | None:
     """The ``skinny_gemm`` config for h [B, T', K] times an [N, K] weight, or None for XLA's GEMM: none unless
     the device is a Hopper GPU, $FFJAX_SKINNY_GEMM allows it and the plan has a measured config for the shape."""
@@ -229,15 +186,6 @@ class DecoderLayer(nn.Module):
         """Whether projections may run as GPU kernels (``project``): not when the reference is forced."""
         return self.attention_impl != "reference"
 
-    def _partials(self, projection: str, h, weight) -> int | None:
-        """Split-K partials ``projection``'s product of h and weight leaves for its consumer (``split_k_partials``):
-        only in the per-layer layout (a Python loop of layers, whose carry may change shape) with kernels on, and
-        never where ``skinny_gemm`` runs the product."""
-        if not (self.out_in and self._kernels) or skinny_gemm_config(h, weight) is not None:
-            return None
-        batch, rows, width = h.shape
-        return split_k_partials(projection, batch * rows, weight.shape[0], width)
-
     def _matvec(self, x) -> tuple[str, ...]:
         """The projections that run as ``decode_matvec`` kernels: some, at batch-1 decoding in the per-layer
         layout (see ``matvec_projections``); none otherwise."""
@@ -259,12 +207,9 @@ class DecoderLayer(nn.Module):
             x, qkv = attn_norm(x, delta, then_project=qkv_weight)
         else:
             x, h = attn_norm(x, delta, gemm_rows(batch, num_tokens))
-            # Partials only where the fused attention call below reads qkv (with a cache).
-            partials = self._partials("qkv", h, qkv_weight) if mask is None else None
-            qkv = (project(h, qkv_weight, self.out_in, kernels=self._kernels) if partials is None
-                   else project_partials(h, qkv_weight, partials))
+            qkv = project(h, qkv_weight, self.out_in, kernels=self._kernels)
         bias = self.param("qkv_bias", nn.initializers.normal(0.02), (qkv_width,), self.dtype) if c.qkv_bias else None
-        qkv = qkv.reshape(*qkv.shape[:-1], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
+        qkv = qkv.reshape(batch, qkv.shape[1], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
         if layer_index is None and mask is None:  # per-layer cache: one fused call adds the bias, rotates, appends
             # The output projection's GEMM padding rows come from the attention's split merge, not a pad kernel.
             o_rows = None if "o" in self._matvec(x) else gemm_rows(batch, num_tokens)
@@ -301,11 +246,7 @@ class DecoderLayer(nn.Module):
         if "o" in matvec_kernels:
             attn_out = matvec(attn.reshape(1, c.q_size), o).reshape(x.shape)
         else:
-            h = pad_rows(attn, rows)
-            # The MLP norm sums partials (``residual_rms_norm``); the decoding-row matvec path does not.
-            partials = None if "gate_up" in matvec_kernels else self._partials("o", h, o)
-            attn_out = (project(h, o, self.out_in, kernels=self._kernels) if partials is None
-                        else project_partials(h, o, partials))
+            attn_out = project(pad_rows(attn, rows), o, self.out_in, kernels=self._kernels)
         if "gate_up" in matvec_kernels:
             x, activation = mlp_norm(x, attn_out, then_project=gate_up, swiglu=True)
         else:
@@ -317,11 +258,7 @@ class DecoderLayer(nn.Module):
         if "down" in matvec_kernels:
             mlp_out = matvec(activation[:, 0], down).reshape(x.shape)
         else:
-            h = pad_rows(activation, rows)
-            # Summed by the next layer's attention norm or the final norm; not by a decoding-row qkv matvec.
-            partials = None if "qkv" in matvec_kernels else self._partials("down", h, down)
-            mlp_out = (project(h, down, self.out_in, kernels=self._kernels) if partials is None
-                       else project_partials(h, down, partials))
+            mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels)
         return (x, mlp_out, cache_k, cache_v), None
 
 

@@ -34,9 +34,9 @@ def kernel_switches() -> tuple:
     """The environment switches the decoder reads while tracing: a program compiled under other values is another
     program."""
     from ffjax.attention import resolve_impl
-    from ffjax.decoder import MATVEC_ENV, PARTIALS_ENV
+    from ffjax.decoder import MATVEC_ENV
     from pallas_kernels.skinny_gemm import SKINNY_ENV
-    return (resolve_impl(), *(os.environ.get(name) for name in (MATVEC_ENV, SKINNY_ENV, PARTIALS_ENV)))
+    return (resolve_impl(), *(os.environ.get(name) for name in (MATVEC_ENV, SKINNY_ENV)))
 
 
 def get(key: tuple, jitted: Callable, *example_args) -> tuple[Any, float]:

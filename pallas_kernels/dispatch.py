@@ -114,25 +114,20 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
                      scale=None, interpret=False, backend: str | None = None, out_rows: int | None = None):
     """A new block's attention from its raw projections, appending its keys and values to the cache.
 
-    qkv [B, T, Hq + 2 Hkv, D] before the bias (qkv_bias [(Hq + 2 Hkv) * D] or None) and RoPE, or its split-K
-    partials [S, B, T, Hq + 2 Hkv, D] float32 (summed here, see ``reference.summed_projection``); cos, sin
+    qkv [B, T, Hq + 2 Hkv, D] before the bias (qkv_bias [(Hq + 2 Hkv) * D] or None) and RoPE; cos, sin
     [B, T, D // 2] float32 at positions ``q_start + [0, T)``; k_cache, v_cache [B, S, Hkv, D]. Returns (out
     [B, T, Hq, D], k_cache, v_cache with the block written, positions past S dropped). The same as
-    ``reference.append_attention``; on GPUs one fused kernel (``gpu_append_attention``, which also sums the
-    partials), elsewhere the rotation and cache writes in XLA and the platform's ``prefix_block_attention``.
+    ``reference.append_attention``; on GPUs one fused kernel (``gpu_append_attention``), elsewhere the rotation
+    and cache writes in XLA and the platform's ``prefix_block_attention``.
 
     ``out_rows``: the output has that many token rows, zeros past T (the padding rows of the GEMM that reads it).
     """
     if out_rows is not None and out_rows < cos.shape[1]:
         raise ValueError(f"out_rows ({out_rows}) must be at least the block's {cos.shape[1]} tokens")
-    if qkv.ndim not in (4, 5):
-        raise ValueError(f"qkv must be [B, T, H, D] or its split-K partials [S, B, T, H, D]; got {qkv.shape}")
     fits_triton = _fits_triton(qkv.shape[-1], min_head_dim=32)
-    projection_dtype = k_cache.dtype if qkv.ndim == 5 else qkv.dtype
     if backend is None:
         backend = default_backend(interpret=interpret)
-        if (backend == "gpu_triton" and fits_triton and not interpret
-                and projection_dtype == k_cache.dtype == v_cache.dtype):
+        if backend == "gpu_triton" and fits_triton and not interpret and qkv.dtype == k_cache.dtype == v_cache.dtype:
             backend = gpu_append_backend(cos.shape[1], k_cache.shape, k_cache.dtype, hopper=hopper_gpu())
     if backend == "gpu_triton" and not fits_triton:  # asked for or by default: Triton's kernels, never Mosaic
         backend = None  # the XLA path below, with whichever attention kernel fits
@@ -143,7 +138,6 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
                                                      num_q_heads=num_q_heads, qkv_bias=qkv_bias,
                                                      block_size=block_size, scale=scale, interpret=interpret,
                                                      out_rows=out_rows)
-    qkv = reference.summed_projection(qkv, k_cache.dtype)
     q, k_cache, v_cache = reference.rotate_and_append(qkv, cos, sin, k_cache, v_cache, q_start,
                                                       num_q_heads=num_q_heads, qkv_bias=qkv_bias)
     out = prefix_block_attention(q, k_cache, v_cache, q_start, kv_len, block_size=block_size, scale=scale,

@@ -40,7 +40,7 @@ def _rotate(x1, x2, cos, sin, dtype):
 
 def _kernel(q_start_ref, kv_len_ref, qkv_ref, bias_ref, cos_ref, sin_ref, k_in_ref, v_in_ref,
             o_ref, lse_ref, k_out_ref, v_out_ref, *, scale, block_size, num_tokens, num_q_heads, num_kv_heads,
-            group, group_pad, block_t, block_k, num_splits, num_partials, precision):
+            group, group_pad, block_t, block_k, num_splits, precision):
     tile, split, kv_head = pl.program_id(0), pl.program_id(1), pl.program_id(2) % num_kv_heads
     num_keys = k_in_ref.shape[0]
     q_start, kv_len = q_start_ref[()], jnp.minimum(kv_len_ref[()], num_keys)  # keys past the cache: dropped
@@ -53,17 +53,6 @@ def _kernel(q_start_ref, kv_len_ref, qkv_ref, bias_ref, cos_ref, sin_ref, k_in_r
         """The projection's bias, added as XLA adds it to the GEMM's output: in float32, rounded to x's dtype."""
         return (x.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
-    def load_projection(*index, mask):
-        """The projection at ``index`` (0 where ``mask`` is off): read, or its split-K partials summed in float32
-        and rounded to the cache dtype, as the GEMM would have rounded them (``reference.summed_projection``)."""
-        if num_partials is None:
-            return plgpu.load(qkv_ref.at[index], mask=mask, other=0)
-        read = lambda partial: plgpu.load(qkv_ref.at[(jnp.int32(partial), *index)], mask=mask, other=0)  # noqa: E731
-        total = read(0)
-        for partial in range(1, num_partials):
-            total += read(partial)
-        return total.astype(dtype)
-
     first_token = tile * block_t
     tokens = first_token + jnp.arange(block_t, dtype=jnp.int32)
     token_ok = tokens < num_tokens
@@ -73,9 +62,10 @@ def _kernel(q_start_ref, kv_len_ref, qkv_ref, bias_ref, cos_ref, sin_ref, k_in_r
     # Queries: [block_t, group_pad] heads of this KV head's group, rotated, as block_m rows.
     q_mask = token_ok[:, None, None] & (jnp.arange(group_pad) < group)[None, :, None]
     heads_ok = (jnp.arange(group_pad) < group)[:, None]
-    q_half = lambda lo: with_bias(load_projection(  # noqa: E731
-        pl.ds(first_token, block_t), pl.ds(kv_head * group, group_pad), pl.ds(lo, half), mask=q_mask),
-        plgpu.load(bias_ref.at[pl.ds(kv_head * group, group_pad), pl.ds(lo, half)], mask=heads_ok, other=0)[None])
+    q_half = lambda lo: with_bias(plgpu.load(  # noqa: E731
+        qkv_ref.at[pl.ds(first_token, block_t), pl.ds(kv_head * group, group_pad), pl.ds(lo, half)],
+        mask=q_mask, other=0), plgpu.load(bias_ref.at[pl.ds(kv_head * group, group_pad), pl.ds(lo, half)],
+                                          mask=heads_ok, other=0)[None])
     q1, q2 = _rotate(q_half(0), q_half(half), cos[:, None, :], sin[:, None, :], dtype)
     q1, q2 = q1.reshape(block_m, half), q2.reshape(block_m, half)
     row_position = q_start + first_token + jnp.arange(block_m, dtype=jnp.int32) // group_pad
@@ -110,8 +100,8 @@ def _kernel(q_start_ref, kv_len_ref, qkv_ref, bias_ref, cos_ref, sin_ref, k_in_r
         """Rotated keys and the values of block tokens [first, first + count)."""
         ck = plgpu.load(cos_ref.at[pl.ds(first, count), :], mask=token_mask[:, None], other=0.0)
         sk = plgpu.load(sin_ref.at[pl.ds(first, count), :], mask=token_mask[:, None], other=0.0)
-        load = lambda head, lo, width: with_bias(  # noqa: E731
-            load_projection(pl.ds(first, count), head, pl.ds(lo, width), mask=token_mask[:, None]),
+        load = lambda head, lo, width: with_bias(plgpu.load(  # noqa: E731
+            qkv_ref.at[pl.ds(first, count), head, pl.ds(lo, width)], mask=token_mask[:, None], other=0),
             bias_ref[head, pl.ds(lo, width)][None, :])
         k1, k2 = _rotate(load(key_head, 0, half), load(key_head, half, half), ck, sk, dtype)
         return k1, k2, load(value_head, 0, 2 * half)
@@ -198,15 +188,9 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
                      out_rows=None):
     """Same contract as ``pallas_kernels.reference.append_attention``; runs the fused Triton kernel.
 
-    qkv may be the projection's split-K partials [S, B, T', H, D] (float32): each program sums the partials it
-    reads, so the GEMM needs no summing kernel of its own.
     ``out_rows``: the output has that many token rows, zeros past the block (the padding rows of the GEMM that
     reads it, written by the split merge rather than by a pad kernel)."""
-    if qkv.ndim not in (4, 5):
-        raise ValueError(f"qkv must be [B, T, H, D] or its split-K partials [S, B, T, H, D]; got {qkv.shape}")
-    num_partials = qkv.shape[0] if qkv.ndim == 5 else None
-    out_dtype = qkv.dtype if num_partials is None else k_cache.dtype  # the projection's dtype once summed
-    batch, qkv_rows, num_heads, head_dim = qkv.shape[-4:]
+    batch, qkv_rows, num_heads, head_dim = qkv.shape
     num_tokens = cos.shape[1]  # qkv may carry padding rows past the block (a lone row's two-row GEMM)
     num_keys, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     if num_heads != num_q_heads + 2 * num_kv_heads or num_q_heads % num_kv_heads:
@@ -222,7 +206,7 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     group_pad = _next_power_of_two(group)
     scale = head_dim ** -0.5 if scale is None else scale
     # Zeros when the model has no bias: an extra 2 KB read, not a second kernel variant.
-    qkv_bias = (jnp.zeros((num_heads, head_dim), out_dtype) if qkv_bias is None
+    qkv_bias = (jnp.zeros((num_heads, head_dim), qkv.dtype) if qkv_bias is None
                 else qkv_bias.reshape(num_heads, head_dim))
     config = DEFAULT_CONFIG if config is None else config
     cfg = plan_fused(config, batch=batch, num_kv_heads=num_kv_heads, num_rows=num_tokens * group_pad,
@@ -233,7 +217,7 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     num_rows = num_tiles * block_t * group_pad
     block_k = min(cfg.block_k, max(16, _next_power_of_two(num_keys)))
     precision = lax.Precision.HIGHEST if k_cache.dtype == jnp.float32 else None
-    partial_dtype = out_dtype if cfg.num_splits == 1 else jnp.float32
+    partial_dtype = qkv.dtype if cfg.num_splits == 1 else jnp.float32
 
     cache_length = num_keys
     if num_keys < block_k:  # a cache shorter than one key tile (tests): pad it rather than special-case
@@ -244,19 +228,16 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     kernel = functools.partial(
         _kernel, scale=scale, block_size=block_size, num_tokens=num_tokens, num_q_heads=num_q_heads,
         num_kv_heads=num_kv_heads, group=group, group_pad=group_pad, block_t=block_t, block_k=block_k,
-        num_splits=cfg.num_splits, num_partials=num_partials, precision=precision)
+        num_splits=cfg.num_splits, precision=precision)
     batch_of = lambda bh: bh // num_kv_heads  # noqa: E731
     head_of = lambda bh: bh % num_kv_heads  # noqa: E731
     per_row = lambda *shape: pl.BlockSpec(  # noqa: E731
         (None, *shape), lambda t, s, bh: (batch_of(bh),) + (0,) * len(shape))
     cache_spec = pl.BlockSpec((None, num_keys, None, head_dim), lambda t, s, bh: (batch_of(bh), 0, head_of(bh), 0))
-    qkv_spec = (per_row(qkv_rows, num_heads, head_dim) if num_partials is None else
-                pl.BlockSpec((num_partials, None, qkv_rows, num_heads, head_dim),
-                             lambda t, s, bh: (0, batch_of(bh), 0, 0, 0)))
     partial_out, partial_lse, k_cache, v_cache = pl.pallas_call(
         kernel,
         grid=(num_tiles, cfg.num_splits, batch * num_kv_heads),
-        in_specs=[per_row(), per_row(), qkv_spec,
+        in_specs=[per_row(), per_row(), per_row(qkv_rows, num_heads, head_dim),
                   pl.BlockSpec((num_heads, head_dim), lambda t, s, bh: (0, 0)), per_row(num_tokens, head_dim // 2),
                   per_row(num_tokens, head_dim // 2), cache_spec, cache_spec],
         out_specs=[
@@ -281,12 +262,12 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
         k_cache, v_cache = k_cache[:, :cache_length], v_cache[:, :cache_length]
     if cfg.num_splits > 1:
         out = merge_splits_to_heads(partial_out, partial_lse, num_tokens=num_tokens, group=group,
-                                    rows_per_token=group_pad, out_dtype=out_dtype, interpret=interpret,
+                                    rows_per_token=group_pad, out_dtype=qkv.dtype, interpret=interpret,
                                     out_rows=out_rows)
         return out, k_cache, v_cache
     rows = partial_out[:, :, 0].reshape(batch, num_kv_heads, num_tiles * block_t, group_pad, head_dim)
     out = rows[:, :, :num_tokens, :group].transpose(0, 2, 1, 3, 4).reshape(batch, num_tokens, num_q_heads, head_dim)
-    return pad_token_rows(out.astype(out_dtype), out_rows), k_cache, v_cache
+    return pad_token_rows(out.astype(qkv.dtype), out_rows), k_cache, v_cache
 
 
 __all__ = ["append_attention", "plan_fused"]

@@ -64,15 +64,6 @@ def apply_rope(x, cos, sin):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def summed_projection(qkv, dtype):
-    """A projection as its consumer reads it: qkv itself ([B, T', H, D]), or the sum of its split-K partials
-    ([S, B, T', H, D] float32, ``ffjax.decoder.project_partials``) in float32, rounded to ``dtype`` as a GEMM
-    rounds its own sum."""
-    if qkv.ndim == 5:
-        return jnp.sum(qkv.astype(jnp.float32), axis=0).astype(dtype)
-    return qkv
-
-
 def split_heads(qkv, cos, sin, *, num_q_heads, num_kv_heads, qkv_bias=None):
     """A block's raw projections qkv [B, T' >= T, Hq + 2 Hkv, D] (T from cos; rows past it are GEMM padding) plus
     their bias (qkv_bias [(Hq + 2 Hkv) * D], if any), split into heads, with q and k rotated by RoPE (cos, sin
@@ -99,12 +90,10 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
                      block_size=None, scale=None, interpret=False):
     """A new block's attention from its raw projections: ``rotate_and_append``, then ``prefix_block_attention``.
 
-    qkv: [B, T, Hq + 2 Hkv, D] before RoPE, or its split-K partials (``summed_projection``); cos, sin: [B, T, D // 2]
-    float32 at positions ``q_start + [0, T)``; k_cache, v_cache: [B, S, Hkv, D]. Returns (out [B, T, Hq, D],
-    k_cache, v_cache).
+    qkv: [B, T, Hq + 2 Hkv, D] before RoPE; cos, sin: [B, T, D // 2] float32 at positions ``q_start + [0, T)``;
+    k_cache, v_cache: [B, S, Hkv, D]. Returns (out [B, T, Hq, D], k_cache, v_cache).
     """
     del interpret
-    qkv = summed_projection(qkv, k_cache.dtype)
     q, k_cache, v_cache = rotate_and_append(qkv, cos, sin, k_cache, v_cache, q_start, num_q_heads=num_q_heads,
                                             qkv_bias=qkv_bias)
     out = prefix_block_attention(q, k_cache, v_cache, q_start, kv_len, block_size=block_size, scale=scale)

@@ -19,23 +19,14 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels.gpu_triton import _next_power_of_two
 
 
-def summed_delta(delta, dtype):
-    """delta as the norm adds it: itself ([B, T', D]), or the sum of a GEMM's split-K partials ([S, B, T', D]
-    float32, ``ffjax.decoder.project_partials``) in float32, rounded to ``dtype`` as the GEMM rounds its own sum."""
-    if delta is not None and delta.ndim == 4:
-        return jnp.sum(delta.astype(jnp.float32), axis=0).astype(dtype)
-    return delta
-
-
 def reference(x, delta, scale, *, eps: float, rows: int | None = None):
     """(x + delta, RMSNorm(x + delta)) for x [B, T, D], delta [B, T' >= T, D] (rows past T ignored; None:
-    nothing added; or split-K partials, see ``summed_delta``), scale [D].
+    nothing added), scale [D].
 
     The sum is rounded to x's dtype; the norm runs in float32 and the normalised values are rounded to the
     dtype before the scale multiplies them (HF's order). With ``rows`` > T the normalised output has ``rows``
     rows, the extra ones zero.
     """
-    delta = summed_delta(delta, x.dtype)
     total = x if delta is None else x + delta[:, :x.shape[1]]
     x32 = total.astype(jnp.float32)
     normed = scale * (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
@@ -44,8 +35,7 @@ def reference(x, delta, scale, *, eps: float, rows: int | None = None):
     return total, normed
 
 
-def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, num_tokens, has_delta,
-            num_partials):
+def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, num_tokens, has_delta):
     token = pl.program_id(1)
     lanes = jnp.arange(_next_power_of_two(width), dtype=jnp.int32)
     in_row = lanes < width
@@ -59,15 +49,8 @@ def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, n
     def _real_row():
         x = plgpu.load(x_ref.at[token, row], mask=in_row, other=0)
         if has_delta:
-            if num_partials is None:
-                delta = plgpu.load(delta_ref.at[token, row], mask=in_row, other=0)
-            else:  # split-K partials: summed in float32, rounded as the GEMM would round them
-                read = lambda p: plgpu.load(delta_ref.at[jnp.int32(p), token, row], mask=in_row, other=0)  # noqa: E731
-                delta = read(0)
-                for partial in range(1, num_partials):
-                    delta += read(partial)
-                delta = delta.astype(x_ref.dtype)
-            x = (x.astype(jnp.float32) + delta.astype(jnp.float32)).astype(x_ref.dtype)
+            x = (x.astype(jnp.float32) + plgpu.load(delta_ref.at[token, row], mask=in_row, other=0)
+                 .astype(jnp.float32)).astype(x_ref.dtype)
         plgpu.store(total_ref.at[token, row], x, mask=in_row)
         x32 = x.astype(jnp.float32)
         inv_rms = jax.lax.rsqrt(jnp.sum(x32 * x32) / width + eps)
@@ -82,17 +65,13 @@ def gpu_residual_rms_norm(x, delta, scale, *, eps: float, rows: int | None = Non
     batch, num_tokens, width = x.shape
     rows = max(rows or num_tokens, num_tokens)
     has_delta = delta is not None
-    num_partials = delta.shape[0] if has_delta and delta.ndim == 4 else None
-    kernel = functools.partial(_kernel, eps=eps, width=width, num_tokens=num_tokens, has_delta=has_delta,
-                               num_partials=num_partials)
+    kernel = functools.partial(_kernel, eps=eps, width=width, num_tokens=num_tokens, has_delta=has_delta)
     delta = x if delta is None else delta
     per_batch = lambda tokens: pl.BlockSpec((None, tokens, width), lambda b, t: (b, 0, 0))  # noqa: E731
-    delta_spec = (per_batch(delta.shape[1]) if num_partials is None else
-                  pl.BlockSpec((num_partials, None, delta.shape[2], width), lambda b, t: (0, b, 0, 0)))
     total, normed = pl.pallas_call(
         kernel,
         grid=(batch, rows),
-        in_specs=[per_batch(num_tokens), delta_spec, pl.BlockSpec((width,), lambda b, t: (0,))],
+        in_specs=[per_batch(num_tokens), per_batch(delta.shape[1]), pl.BlockSpec((width,), lambda b, t: (0,))],
         out_specs=[per_batch(num_tokens), per_batch(rows)],
         out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((batch, rows, width), x.dtype)],
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),

@@ -202,29 +202,3 @@ def test_short_caches_get_short_pipelines_and_long_ones_keep_the_32k_plan():
     assert plan_fused(TritonConfig(num_stages=3), num_rows=256, num_keys=1152, **shape).num_stages == 3
     long_cache = dict(num_rows=256, num_keys=32768, **shape)
     assert plan_fused(TritonConfig(), **long_cache) == plan(TritonConfig(), **long_cache)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("tokens", [1, 5], ids=["decode", "block"])
-def test_split_k_partials_of_the_projection_are_summed_as_the_gemm_would_round_them(dtype, tokens):
-    """qkv may arrive as its GEMM's unsummed split-K partials [S, B, T, H, D] (float32): the result is that of the
-    projection their float32 sum rounds to (ffjax.decoder.project_partials), from the kernel and every dispatch."""
-    shapes = dict(batch=2, tokens=tokens, num_q_heads=6, num_kv_heads=2, head_dim=32, cache_length=70,
-                  q_start=[20, 40], dtype=jnp.dtype(dtype))
-    qkv, qkv_bias, cos, sin, k_cache, v_cache = make_inputs(8, **shapes)
-    partials = jnp.asarray(np.random.default_rng(9).standard_normal((3,) + qkv.shape) / np.sqrt(3), jnp.float32)
-    summed = reference.summed_projection(partials, jnp.dtype(dtype))
-    assert summed.dtype == jnp.dtype(dtype) and reference.summed_projection(qkv, jnp.float32) is qkv
-    args = (cos, sin, k_cache, v_cache, jnp.array([20, 40], jnp.int32), jnp.array([20 + tokens, 40 + tokens], jnp.int32))
-    kwargs = dict(num_q_heads=6, qkv_bias=qkv_bias)
-    want = reference.append_attention(summed, *args, **kwargs)
-    for got in (reference.append_attention(partials, *args, **kwargs),
-                pallas_kernels.append_attention(partials, *args, **kwargs),
-                gpu_append_attention(partials, *args, interpret=True, **kwargs),
-                gpu_append_attention(partials, *args, interpret=True, **kwargs, out_rows=tokens + 1)):
-        assert got[0].dtype == jnp.dtype(dtype)
-        for got_part, want_part in zip(got, want):
-            np.testing.assert_allclose(np.asarray(got_part[:, :tokens], np.float32),
-                                       np.asarray(want_part[:, :tokens], np.float32), atol=TOLERANCE[dtype])
-    with pytest.raises(ValueError, match=r"split-K partials \[S, B, T, H, D\]"):
-        pallas_kernels.append_attention(partials[None], *args, **kwargs)

@@ -77,34 +77,3 @@ def test_unknown_matvec_mode_is_refused(both_layouts, monkeypatch):
     monkeypatch.setenv(decoder.MATVEC_ENV, "sometimes")
     with pytest.raises(ValueError, match="FFJAX_MATVEC must be auto, on, off or a comma-separated list"):
         decoder.matvec_projections(both_layouts[0].config)
-
-
-@pytest.mark.parametrize("partials", ["qkv=2", "qkv=4,o=2,down=4"])
-def test_split_k_partials_summed_by_their_consumers_do_not_change_generation(both_layouts, monkeypatch, partials):
-    """FFJAX_PARTIALS: projections leave float32 split-K partials for the kernel that reads them to sum (qkv: the
-    fused attention; o and down: the next residual norm), in the per-layer layout, for decoding rows and blocks
-    alike: the same logits and tokens as the stacked layout."""
-    stacked, per_layer = both_layouts
-    monkeypatch.setenv(decoder.PARTIALS_ENV, partials)
-    tokens = np.random.RandomState(1).randint(0, tiny_models.VOCAB, (1, 19))
-    np.testing.assert_allclose(np.asarray(ffjax.forward(per_layer, tokens)),
-                               np.asarray(ffjax.forward(stacked, tokens)), atol=1e-5)
-    prompt = np.arange(1, 8, dtype=np.int32)
-    np.testing.assert_array_equal(ffjax.generate(per_layer, prompt, 24).tokens,
-                                  ffjax.generate(stacked, prompt, 24).tokens)
-
-
-def test_partials_plan_and_refusals(monkeypatch):
-    partials = decoder.split_k_partials
-    monkeypatch.setenv(decoder.PARTIALS_ENV, "off")
-    assert partials("qkv", 2, 4608, 3584) is None
-    monkeypatch.setenv(decoder.PARTIALS_ENV, "qkv=4,down=2")
-    assert (partials("qkv", 2, 4608, 3584), partials("down", 2, 3584, 18944), partials("o", 2, 3584, 3584)) == (4, 2, None)
-    assert partials("qkv", 2, 96, 66) is None  # 4 does not divide the width: XLA's own GEMM
-    assert partials("qkv", 1024, 4608, 3584) is None  # a prefill: no partials
-    monkeypatch.setenv(decoder.PARTIALS_ENV, "auto")
-    assert partials("qkv", 2, 4608, 3584) is None  # on CPU: never
-    for bad in ("qkv", "gate_up=2", "qkv=many"):
-        monkeypatch.setenv(decoder.PARTIALS_ENV, bad)
-        with pytest.raises(ValueError, match="FFJAX_PARTIALS must be auto, off or projection=partials"):
-            partials("qkv", 2, 4608, 3584)

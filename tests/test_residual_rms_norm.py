@@ -67,21 +67,3 @@ def test_padding_rows_of_the_addend_are_never_read():
     for backend in ("reference", "interpret"):
         for g, w in zip(norm.residual_rms_norm(x, padded, scale, eps=1e-6, rows=2, backend=backend), want):
             np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_split_k_partials_of_the_addend_are_summed_as_the_gemm_would_round_them(dtype):
-    """delta may be its GEMM's unsummed split-K partials [S, B, T', D] float32 (ffjax.decoder.project_partials):
-    kernel and reference add what their float32 sum rounds to, padding rows past T unread."""
-    rng = np.random.default_rng(3)
-    x = jnp.asarray(rng.standard_normal((2, 3, 96)), dtype)
-    partials = jnp.asarray(rng.standard_normal((4, 2, 5, 96)) / 2, jnp.float32).at[:, :, 3:].set(jnp.nan)
-    scale = jnp.asarray(rng.standard_normal(96), dtype)
-    summed = jnp.sum(partials, axis=0).astype(dtype)
-    want = norm.reference(x, summed, scale, eps=1e-6, rows=4)
-    for got in (norm.reference(x, partials, scale, eps=1e-6, rows=4),
-                norm.gpu_residual_rms_norm(x, partials, scale, eps=1e-6, rows=4, interpret=True)):
-        for got_part, want_part in zip(got, want):
-            assert got_part.dtype == dtype
-            np.testing.assert_allclose(np.asarray(got_part, np.float32), np.asarray(want_part, np.float32),
-                                       atol=1e-5 if dtype == jnp.float32 else 2e-2)
