@@ -109,3 +109,51 @@ def test_a_forward_routes_planned_projections_through_the_kernel(monkeypatch):
     calls.clear()
     forward("reference")
     assert calls == []
+
+
+def test_swiglu_prologue_lowers_into_the_same_single_kernel():
+    """With ``swiglu`` the kernel takes the MLP's gate_up output [M, 2K] and makes silu(gate) * up itself: still
+    one Mosaic GPU call of 64x8 WGMMAs, no XLA kernel between gate_up and down."""
+    config = sg.PLANS[(8, 3584, 18944)]
+    text = cuda_module(lambda x, w: sg.gpu_skinny_gemm(x, w, config, swiglu=True), shape(8, 2 * 18944),
+                       shape(3584, 18944))
+    assert text.count("custom_call @mosaic_gpu") == 1
+    assert "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16" in text
+    with pytest.raises(ValueError, match="must divide K"):
+        jax.eval_shape(lambda x, w: sg.gpu_skinny_gemm(x, w, config, swiglu=True), shape(8, 2 * 18944 - 256),
+                       shape(3584, 18944 - 128))
+
+
+def test_swiglu_reference_rounds_the_silu_before_the_product():
+    rng = np.random.default_rng(1)
+    gate_up = jnp.asarray(rng.standard_normal((2, 128)), jnp.bfloat16)
+    weight = jnp.asarray(rng.standard_normal((64, 64)), jnp.bfloat16)
+    gate, up = (np.asarray(h, np.float32) for h in jnp.split(gate_up, 2, axis=-1))
+    silu = np.asarray(jnp.asarray(gate / (1 + np.exp(-gate)), jnp.bfloat16), np.float32)
+    act = jnp.asarray(silu * up, jnp.bfloat16)
+    np.testing.assert_allclose(np.asarray(sg.swiglu_reference(gate_up, weight), np.float32),
+                               np.asarray(sg.reference(act, weight), np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_trial_swiglu_down_routes_the_mlp_through_the_prologue(monkeypatch):
+    """Under FFJAX_DECODE_TRIAL=skinny_swiglu a lone row's MLP is the gate_up GEMM over 8 norm rows and one
+    kernel call with the SwiGLU in it; the logits stay those of XLA's path within bf16 rounding."""
+    config = ModelConfig.from_hf(tiny_models.qwen2_config(num_hidden_layers=2).to_dict())
+    params = decoder.init_params(config, jax.random.key(0), dtype=jnp.bfloat16, layout=PER_LAYER)
+    monkeypatch.setenv("FFJAX_MATVEC", "off")
+    forward = lambda: decoder.logits(config, params, decoder.decode(  # noqa: E731
+        config, params, jnp.asarray([[5]], jnp.int32), decoder.new_cache(config, params, 1, 16))[0])
+    expected = forward()
+    calls = []
+
+    def stand_in(x, weight, plan, *, swiglu=False):
+        calls.append((x.shape, swiglu))
+        return sg.swiglu_reference(x, weight) if swiglu else sg.reference(x, weight)
+
+    monkeypatch.setattr(sg, "hopper_gpu", lambda: True)
+    monkeypatch.setattr(sg, "PLANS", {(8, config.hidden_size, config.intermediate_size): sg.SkinnyConfig(64, 64)})
+    monkeypatch.setattr(sg, "gpu_skinny_gemm", stand_in)
+    monkeypatch.setenv(decoder.TRIAL_ENV, "skinny_swiglu")
+    got = forward()
+    assert calls == [((8, 2 * config.intermediate_size), True)] * config.num_layers
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=0.05 * float(jnp.abs(expected).max()))
