@@ -53,8 +53,9 @@ MATVEC_ENV = "FFJAX_MATVEC"
 # ran the step at 4.34-4.51 ms/token, against 4.06-4.11 ms with XLA's GEMMs.
 MATVEC_MAX_HIDDEN = 2048
 
-# Trial switches (comma-separated, read at trace time): "xla_norm" (the residual norms as jnp, for XLA to fuse),
-# "no_pad" (no two-row GEMM padding), "xla_down" (no skinny_gemm).
+# Trial switches, not yet measured (comma-separated, read at trace time): "skinny_swiglu" (a lone row's SwiGLU in
+# skinny_gemm's prologue), "xla_norm" (the residual norms as jnp, for XLA to fuse), "no_pad" (no two-row GEMM
+# padding), "xla_down" (no skinny_gemm).
 TRIAL_ENV = "FFJAX_DECODE_TRIAL"
 
 
@@ -277,8 +278,6 @@ class DecoderLayer(nn.Module):
         else:
             mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels)
         return (x, mlp_out, cache_k, cache_v), None
-
-
 
     def _swiglu_down_config(self, x, down, rows):
         """The trial "skinny_swiglu": down's skinny_gemm config when it may take the SwiGLU in its prologue."""

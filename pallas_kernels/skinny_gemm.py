@@ -32,6 +32,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.decode_matvec import rounded_swiglu
 from pallas_kernels.dispatch import hopper_gpu
 
 # WGMMA's shapes: the A (weight) tile is a multiple of 64 rows; B (token rows) a multiple of 8 columns.
@@ -127,7 +128,7 @@ def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig(), *, swiglu:
         x_spec = lambda offset: plgpu.BlockSpec(  # noqa: E731
             (row_pad, block_k), lambda kk: (0, offset + k_tile(kk)), delay_release=1)
 
-        def accumulate(acc_ref, act_smem):
+        def accumulate(acc_ref, act_smem=None):
             def step(_, w_smem, x_smem):
                 plgpu.wgmma(acc_ref, w_smem, plgpu.transpose_ref(x_smem, (1, 0)))
 
@@ -137,7 +138,7 @@ def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig(), *, swiglu:
                 layout = plgpu.Layout.SMEM_GMEM_COPY((row_pad, block_k), x.dtype, 128)
                 gate = plgpu.load(gate_smem, (), layout=layout).astype(jnp.float32)
                 up = plgpu.load(up_smem, (), layout=layout).astype(jnp.float32)
-                act = ((gate * jax.nn.sigmoid(gate)).astype(x.dtype).astype(jnp.float32) * up).astype(x.dtype)
+                act = rounded_swiglu(gate, up, x.dtype)
                 plgpu.wgmma_wait(0)  # the previous step's WGMMA has done reading act_smem
                 act_smem[...] = act
                 plgpu.commit_smem()
@@ -149,8 +150,8 @@ def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig(), *, swiglu:
                                 )(w_hbm, *([x_hbm] * (len(specs) - 1)))
             return acc_ref[...]
 
-        acc = pl.run_scoped(accumulate, plgpu.ACC((block_n, row_pad), jnp.float32),
-                            plgpu.SMEM((row_pad, block_k), x.dtype))
+        scratch = [plgpu.SMEM((row_pad, block_k), x.dtype)] if swiglu else []  # the SwiGLU tile WGMMA reads
+        acc = pl.run_scoped(accumulate, plgpu.ACC((block_n, row_pad), jnp.float32), *scratch)
 
         def store(out_smem):
             out_smem[...] = acc.astype(out_smem.dtype)
@@ -173,8 +174,7 @@ def swiglu_reference(gate_up, weight):
     """``gpu_skinny_gemm(..., swiglu=True)``'s contract in jnp: (silu(gate) * up, rounded as the kernel rounds)
     @ weight.T."""
     gate, up = jnp.split(gate_up.astype(jnp.float32), 2, axis=-1)
-    act = ((gate * jax.nn.sigmoid(gate)).astype(gate_up.dtype).astype(jnp.float32) * up).astype(gate_up.dtype)
-    return reference(act, weight)
+    return reference(rounded_swiglu(gate, up, gate_up.dtype), weight)
 
 
 __all__ = ["MAX_ROWS", "PLANS", "SKINNY_ENV", "SkinnyConfig", "enabled", "gpu_skinny_gemm", "hopper_gpu", "plan",
