@@ -53,15 +53,6 @@ MATVEC_ENV = "FFJAX_MATVEC"
 # ran the step at 4.34-4.51 ms/token, against 4.06-4.11 ms with XLA's GEMMs.
 MATVEC_MAX_HIDDEN = 2048
 
-# Trial switches, not yet measured (comma-separated, read at trace time): "skinny_swiglu" (a lone row's SwiGLU in
-# skinny_gemm's prologue), "xla_norm" (the residual norms as jnp, for XLA to fuse), "no_pad" (no two-row GEMM
-# padding), "xla_down" (no skinny_gemm).
-TRIAL_ENV = "FFJAX_DECODE_TRIAL"
-
-
-def trial(name: str) -> bool:
-    return name in os.environ.get(TRIAL_ENV, "").split(",")
-
 
 def matvec_projections(config: ModelConfig) -> tuple[str, ...]:
     """The projections (of ``PROJECTIONS``) a decoding row runs as ``decode_matvec`` kernels, per $FFJAX_MATVEC:
@@ -122,7 +113,7 @@ class RMSNorm(nn.Module):
                               residual=None if delta is None else delta.reshape(-1, x.shape[-1]))
             return total.reshape(x.shape), y.reshape(*x.shape[:-1], -1)
         return residual_rms_norm(x, delta, scale, eps=self.eps, rows=rows,
-                                 backend="reference" if self.impl == "reference" or trial("xla_norm") else None)
+                                 backend="reference" if self.impl == "reference" else None)
 
 
 def _dense_init(fan_in):
@@ -136,7 +127,7 @@ def gemm_rows(batch: int, num_tokens: int) -> int | None:
     model but the MLP's) into multiply + reduce, and then writes the whole [K, N] product to HBM before reducing
     it (JAX 0.11, H100: 4 such kernels per layer, about a fifth of the 1.5B decode step). A zero second row keeps
     it one GEMM that reads the weight once; the producers write it (``RMSNorm``'s ``rows``, ``pad_rows``)."""
-    return 2 if batch * num_tokens == 1 and jax.default_backend() == "gpu" and not trial("no_pad") else None
+    return 2 if batch * num_tokens == 1 and jax.default_backend() == "gpu" else None
 
 
 def pad_rows(x, rows: int | None):
@@ -169,8 +160,6 @@ def skinny_gemm_config(h, weight) -> skinny_gemm.SkinnyConfig | None:
     """The ``skinny_gemm`` config for h [B, T', K] times an [N, K] weight, or None for XLA's GEMM: none unless
     the device is a Hopper GPU, $FFJAX_SKINNY_GEMM allows it and the plan has a measured config for the shape."""
     batch, rows, width = h.shape
-    if trial("xla_down"):
-        return None
     if not (skinny_gemm.enabled() and h.dtype == weight.dtype == jnp.bfloat16 and skinny_gemm.hopper_gpu()):
         return None
     return skinny_gemm.plan(batch * rows, weight.shape[0], width)
@@ -258,13 +247,6 @@ class DecoderLayer(nn.Module):
             attn_out = matvec(attn.reshape(1, c.q_size), o).reshape(x.shape)
         else:
             attn_out = project(pad_rows(attn, rows), o, self.out_in, kernels=self._kernels)
-        swiglu_down = self._swiglu_down_config(x, down, rows)
-        if swiglu_down is not None and "gate_up" not in matvec_kernels:
-            # Trial: the norm writes skinny_gemm's 8 rows, and the SwiGLU runs in down's prologue.
-            x, h = mlp_norm(x, attn_out, skinny_gemm.padded_rows(num_tokens))
-            gate_up_out = project(h, gate_up, self.out_in, kernels=self._kernels)
-            mlp_out = skinny_gemm.gpu_skinny_gemm(gate_up_out[0], down, swiglu_down, swiglu=True)
-            return (x, mlp_out[None, :rows or num_tokens], cache_k, cache_v), None
         if "gate_up" in matvec_kernels:
             x, activation = mlp_norm(x, attn_out, then_project=gate_up, swiglu=True)
         else:
@@ -278,14 +260,6 @@ class DecoderLayer(nn.Module):
         else:
             mlp_out = project(pad_rows(activation, rows), down, self.out_in, kernels=self._kernels)
         return (x, mlp_out, cache_k, cache_v), None
-
-    def _swiglu_down_config(self, x, down, rows):
-        """The trial "skinny_swiglu": down's skinny_gemm config when it may take the SwiGLU in its prologue."""
-        batch, num_tokens, _ = x.shape
-        if not (trial("skinny_swiglu") and self._kernels and self.out_in and batch == 1):
-            return None
-        width = down.shape[1]
-        return skinny_gemm_config(jax.ShapeDtypeStruct((1, rows or num_tokens, width), x.dtype), down)
 
 
 class Decoder(nn.Module):

@@ -32,7 +32,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.decode_matvec import rounded_swiglu
 from pallas_kernels.dispatch import hopper_gpu
 
 # WGMMA's shapes: the A (weight) tile is a multiple of 64 rows; B (token rows) a multiple of 8 columns.
@@ -103,55 +102,39 @@ def _check(x, weight, config: SkinnyConfig):
         raise ValueError(f"block_k {c.block_k} (a multiple of 64) times split_k {c.split_k} must divide K = {width}")
 
 
-def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig(), *, swiglu: bool = False):
-    """x [M <= 8, K] @ weight [N, K].T -> [M, N] in x's dtype (float32 accumulation), the Mosaic GPU kernel.
-
-    ``swiglu``: x is an MLP's gate_up output [M, 2K] (gate, then up) and the product is of silu(gate) * up, made
-    tile by tile in the kernel's prologue (``rounded_swiglu``'s rounding) rather than by a kernel before it."""
-    width = x.shape[1] // 2 if swiglu else x.shape[1]
-    _check(x[:, :width] if swiglu else x, weight, config)
-    rows = x.shape[0]
+def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig()):
+    """x [M <= 8, K] @ weight [N, K].T -> [M, N] in x's dtype (float32 accumulation), the Mosaic GPU kernel."""
+    _check(x, weight, config)
+    rows, width = x.shape
     num_out = weight.shape[0]
     block_n, block_k, split_k = config.block_n, config.block_k, config.split_k
     row_pad = padded_rows(rows)
-    x_padded = x if rows == row_pad else jnp.pad(x, ((0, row_pad - rows), (0, 0)))
+    x_padded = jnp.pad(x, ((0, row_pad - rows), (0, 0)))
     k_steps = width // (block_k * split_k)
-    up_offset = width // block_k  # the up half's first K tile
     partial_dtype = x.dtype if split_k == 1 else jnp.float32
 
     def body(w_hbm, x_hbm, out_hbm):
         n_tile = lax.axis_index("n")
         k_part = lax.axis_index("k")
-        k_tile = lambda kk: k_part * k_steps + kk  # noqa: E731
-        w_spec = plgpu.BlockSpec((block_n, block_k), lambda kk: (n_tile, k_tile(kk)), delay_release=1)
-        # delay_release=1: a step's tiles stay put while its WGMMA runs on into the next step.
-        x_spec = lambda offset: plgpu.BlockSpec(  # noqa: E731
-            (row_pad, block_k), lambda kk: (0, offset + k_tile(kk)), delay_release=1)
 
-        def accumulate(acc_ref, act_smem=None):
+        def accumulate(acc_ref):
             def step(_, w_smem, x_smem):
                 plgpu.wgmma(acc_ref, w_smem, plgpu.transpose_ref(x_smem, (1, 0)))
 
-            def swiglu_step(_, w_smem, gate_smem, up_smem):
-                # The layout of a swizzled tile's copy: the one that loads from and stores to the WGMMA operand's
-                # shared-memory tiling without bank conflicts (layout inference finds none by itself here).
-                layout = plgpu.Layout.SMEM_GMEM_COPY((row_pad, block_k), x.dtype, 128)
-                gate = plgpu.load(gate_smem, (), layout=layout).astype(jnp.float32)
-                up = plgpu.load(up_smem, (), layout=layout).astype(jnp.float32)
-                act = rounded_swiglu(gate, up, x.dtype)
-                plgpu.wgmma_wait(0)  # the previous step's WGMMA has done reading act_smem
-                act_smem[...] = act
-                plgpu.commit_smem()
-                plgpu.wgmma(acc_ref, w_smem, plgpu.transpose_ref(act_smem, (1, 0)))
-
-            specs = [w_spec, x_spec(0), x_spec(up_offset)] if swiglu else [w_spec, x_spec(0)]
-            plgpu.emit_pipeline(swiglu_step if swiglu else step, grid=(k_steps,), in_specs=specs,
-                                max_concurrent_steps=config.max_concurrent_steps,
-                                )(w_hbm, *([x_hbm] * (len(specs) - 1)))
+            plgpu.emit_pipeline(
+                step,
+                grid=(k_steps,),
+                in_specs=[
+                    # delay_release=1: a step's tiles stay put while its WGMMA runs on into the next step.
+                    plgpu.BlockSpec((block_n, block_k), lambda kk: (n_tile, k_part * k_steps + kk),
+                                    delay_release=1),
+                    plgpu.BlockSpec((row_pad, block_k), lambda kk: (0, k_part * k_steps + kk), delay_release=1),
+                ],
+                max_concurrent_steps=config.max_concurrent_steps,
+            )(w_hbm, x_hbm)
             return acc_ref[...]
 
-        scratch = [plgpu.SMEM((row_pad, block_k), x.dtype)] if swiglu else []  # the SwiGLU tile WGMMA reads
-        acc = pl.run_scoped(accumulate, plgpu.ACC((block_n, row_pad), jnp.float32), *scratch)
+        acc = pl.run_scoped(accumulate, plgpu.ACC((block_n, row_pad), jnp.float32))
 
         def store(out_smem):
             out_smem[...] = acc.astype(out_smem.dtype)
@@ -170,12 +153,5 @@ def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig(), *, swiglu:
     return y_t[:, :rows].T.astype(x.dtype)
 
 
-def swiglu_reference(gate_up, weight):
-    """``gpu_skinny_gemm(..., swiglu=True)``'s contract in jnp: (silu(gate) * up, rounded as the kernel rounds)
-    @ weight.T."""
-    gate, up = jnp.split(gate_up.astype(jnp.float32), 2, axis=-1)
-    return reference(rounded_swiglu(gate, up, gate_up.dtype), weight)
-
-
 __all__ = ["MAX_ROWS", "PLANS", "SKINNY_ENV", "SkinnyConfig", "enabled", "gpu_skinny_gemm", "hopper_gpu", "plan",
-           "reference", "swiglu_reference"]
+           "reference"]
