@@ -2,19 +2,22 @@
 with the jnp reference.
 
 At batch-1 decoding a projection is y [M, N] = x [M, K] @ weight [N, K].T with M of 1 or 2 (``gemm_rows``): it
-reads the whole weight to make a row, so it is bound by HBM bandwidth. WGMMA needs 64 rows on its A side but only
-8 columns on its B side, so the kernel swaps the operands ("swap-AB"): the weight tile is A, the token rows,
-padded to 8, are B, and each program (one warpgroup) computes acc [block_n, 8] = weight_tile @ x_tile.T. Its
-[block_n, K / split_k] slab of the weight streams through shared memory by TMA under ``plgpu.emit_pipeline``
-(``max_concurrent_steps`` tiles in flight, one WGMMA per step with the previous one still running). The result
-goes to HBM as y.T (for M <= 8 XLA's slice back to [M, N] is a reshape-sized copy); ``split_k > 1`` writes float32
-partials [split_k, N, 8] that XLA sums, where N alone gives too few programs to fill the GPU.
+reads the whole weight to make a row, so it is bound by HBM bandwidth. So is a drafter's 32-token block. WGMMA
+needs 64 rows on its A side but only 8 columns on its B side, so the kernel swaps the operands ("swap-AB"): the
+weight tile is A, the token rows, padded to a multiple of 8 (at most ``MAX_ROWS``), are B, and each program (one
+warpgroup) computes acc [block_n, rows] = weight_tile @ x_tile.T. Its [block_n, K / split_k] slab of the weight
+streams through shared memory by TMA under ``plgpu.emit_pipeline`` (``max_concurrent_steps`` tiles in flight, one
+WGMMA per step with the previous one still running). The result goes to HBM as y.T, which XLA transposes back;
+``split_k > 1`` writes float32 partials [split_k, N, rows] that XLA sums, where N alone gives too few programs to
+fill the GPU.
 
-Measured on an H200 (BENCHMARKS.md, issue 2): Qwen2.5-7B's down projection (K = 18944) 36.3 µs against XLA's
-39.2 µs back to back over 28 weights, and the 7B decode step 4.020 -> 3.968 ms/token with it (an interleaved
-A/B, ``benchmarks/ab_decode.py``), tokens identical. Elsewhere no config swept beat XLA at M <= 8 (gate_up 69
-vs 67 µs, qkv 14 vs 10, o 10 vs 9), so ``plan`` only returns configs for the shapes where one was measured
-faster; the decoder asks it per projection.
+Measured (BENCHMARKS.md, issues 2 and 3): Qwen2.5-7B's down projection (K = 18944) at 1 row, 36.3 µs against
+XLA's 39.2 µs back to back over 28 weights on an H200, and the 7B decode step 4.020 -> 3.968 ms/token with it
+(an interleaved A/B, ``benchmarks/ab_decode.py``), tokens identical; Fast_dLLM_v2_1.5B's down projection at the
+32-row block, 13.98 against 15.30 µs on an H100, and the drafter pass 1.972-1.990 -> 1.912 ms with it. No config
+swept beat XLA elsewhere at M <= 8 (gate_up 69 vs 67 µs, qkv 14 vs 10, o 10 vs 9), nor for the 32-row gate_up
+(28.3 vs 23.5 µs); the 32-row qkv and o ran faster alone but not in the pass. So ``plan`` only returns configs
+for the shapes where one was measured faster in use; the decoder asks it per projection.
 The Triton-lowered ``decode_matvec`` stays the 1.5B choice (no tensor cores, but a fused norm and SwiGLU).
 
 Mosaic GPU's interpreter cannot run WGMMA on a transposed shared-memory operand, so the CPU tests check the
@@ -37,7 +40,7 @@ from pallas_kernels.dispatch import hopper_gpu
 # WGMMA's shapes: the A (weight) tile is a multiple of 64 rows; B (token rows) a multiple of 8 columns.
 _WGMMA_ROWS = 64
 _ROW_PAD = 8
-MAX_ROWS = _ROW_PAD  # more rows are a GEMM XLA already runs well (and would want a different kernel)
+MAX_ROWS = 32  # the drafter's block; WGMMA's B side takes up to 256 columns, but no more was measured
 
 # Whether the decoder may use the kernel: "auto" (where ``plan`` has a measured config) or "off".
 SKINNY_ENV = "FFJAX_SKINNY_GEMM"
@@ -54,10 +57,12 @@ class SkinnyConfig:
     split_k: int = 1
 
 
-# Measured winners, keyed by (rows padded to 8, N, K): only where the kernel beat XLA's GEMM on an H200
-# (benchmarks/results/mgpu_skinny_sweep_h200.json: 7B down 36.3 vs 39.2 µs).
+# Measured winners, keyed by (rows padded to 8, N, K): only where the kernel beat XLA's GEMM in use (7B down on
+# an H200, benchmarks/results/mgpu_skinny_sweep_h200.json; 1.5B drafter-block down on an H100,
+# benchmarks/results/rows32_sweep_h100/ and down32_h100/).
 PLANS = {
     (8, 3584, 18944): SkinnyConfig(block_n=64, block_k=256, max_concurrent_steps=4, split_k=2),
+    (32, 1536, 8960): SkinnyConfig(block_n=64, block_k=256, max_concurrent_steps=4, split_k=5),
 }
 
 

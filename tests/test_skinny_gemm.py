@@ -38,7 +38,9 @@ def test_reference_is_a_float32_accumulated_product_rounded_to_the_input_dtype()
 
 def test_plan_has_configs_only_for_measured_few_row_shapes():
     assert sg.plan(1, 3584, 18944) == sg.plan(2, 3584, 18944) == sg.PLANS[(8, 3584, 18944)]
-    assert sg.plan(9, 3584, 18944) is None  # more rows than one WGMMA column tile
+    assert sg.plan(9, 3584, 18944) is None  # 16 padded rows: nothing measured there
+    assert sg.plan(32, 1536, 8960) == sg.PLANS[(32, 1536, 8960)]  # the 1.5B drafter block's down projection
+    assert sg.plan(33, 1536, 8960) is None  # past the kernel's row limit
     assert sg.plan(1, 4608, 3584) is None  # 7B qkv: XLA's GEMM measured faster
     for (rows, num_out, width), config in sg.PLANS.items():
         sg._check(jax.ShapeDtypeStruct((rows, width), jnp.bfloat16), shape(num_out, width), config)
@@ -52,8 +54,16 @@ def test_kernel_lowers_to_one_mosaic_gpu_call_of_64x8_wgmmas(rows, config):
     assert f"tensor<{config.split_k}x3584x8x{'f32' if config.split_k > 1 else 'bf16'}>" in text
 
 
+def test_the_drafter_block_lowers_to_64x32_wgmmas_with_five_float32_partials():
+    config = sg.PLANS[(32, 1536, 8960)]
+    text = cuda_module(lambda x, w: sg.gpu_skinny_gemm(x, w, config), shape(32, 8960), shape(1536, 8960))
+    assert text.count("custom_call @mosaic_gpu") == 1
+    assert "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16" in text  # all 32 block rows as one B tile
+    assert "tensor<5x1536x32xf32>" in text
+
+
 @pytest.mark.parametrize("x,w,config,message", [
-    (shape(9, 256), shape(64, 256), sg.SkinnyConfig(), "at most 8 rows"),
+    (shape(33, 256), shape(64, 256), sg.SkinnyConfig(), "at most 32 rows"),
     (shape(1, 256), shape(64, 128), sg.SkinnyConfig(), r"x \[M, K\] and weight \[N, K\]"),
     (shape(1, 256, dtype=jnp.float32), shape(64, 256, dtype=jnp.float32), sg.SkinnyConfig(), "bf16 or f16"),
     (shape(1, 256), shape(96, 256), sg.SkinnyConfig(), "block_n 64 must be a multiple of 64 dividing N = 96"),
