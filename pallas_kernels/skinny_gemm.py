@@ -108,7 +108,7 @@ def _check(x, weight, config: SkinnyConfig):
 
 
 def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig()):
-    """x [M <= 8, K] @ weight [N, K].T -> [M, N] in x's dtype (float32 accumulation), the Mosaic GPU kernel."""
+    """x [M <= MAX_ROWS, K] @ weight [N, K].T -> [M, N] in x's dtype (float32 accumulation), the Mosaic GPU kernel."""
     _check(x, weight, config)
     rows, width = x.shape
     num_out = weight.shape[0]
