@@ -31,12 +31,12 @@ def _signature(args) -> tuple:
 
 
 def kernel_switches() -> tuple:
-    """The environment switches the decoder reads while tracing: a program compiled under other values is another
-    program."""
+    """What the decoder reads while tracing besides its arguments: the environment switches and ``skinny_gemm``'s
+    plan table (which a tuning script may edit). A program compiled under other values is another program."""
     from ffjax.attention import resolve_impl
     from ffjax.decoder import MATVEC_ENV
-    from pallas_kernels.skinny_gemm import SKINNY_ENV
-    return (resolve_impl(), *(os.environ.get(name) for name in (MATVEC_ENV, SKINNY_ENV)))
+    from pallas_kernels.skinny_gemm import PLANS, SKINNY_ENV
+    return (resolve_impl(), *(os.environ.get(name) for name in (MATVEC_ENV, SKINNY_ENV)), frozenset(PLANS.items()))
 
 
 def get(key: tuple, jitted: Callable, *example_args) -> tuple[Any, float]:

@@ -84,6 +84,17 @@ def test_a_kernel_switch_changed_between_calls_compiles_its_own_program(model, m
     assert executables.count() > before
 
 
+def test_an_edited_skinny_gemm_plan_compiles_its_own_program(model, monkeypatch):
+    from pallas_kernels import skinny_gemm
+    prompt = np.arange(1, 300) % tiny_models.VOCAB
+    ffjax.generate(model, prompt, 8)
+    before = executables.count()
+    # the plan is read while tracing, like the switches: a tuning script that edits it must not get the old program
+    monkeypatch.setitem(skinny_gemm.PLANS, (32, 64, 64), skinny_gemm.SkinnyConfig())
+    ffjax.generate(model, prompt, 8)
+    assert executables.count() > before
+
+
 def test_a_fixed_prompt_bucket_serves_prompts_of_several_buckets_with_one_program(model):
     prompts = [np.random.RandomState(n).randint(0, tiny_models.VOCAB, n) for n in (9, 40, 70)]
     expected = [ffjax.generate(model, p, 24).tokens for p in prompts]
