@@ -16,8 +16,8 @@ XLA's 39.2 µs back to back over 28 weights on an H200, and the 7B decode step 4
 (an interleaved A/B, ``benchmarks/ab_decode.py``), tokens identical; Fast_dLLM_v2_1.5B's down projection at the
 32-row block, 13.98 against 15.30 µs on an H100, and the drafter pass 1.972-1.990 -> 1.912 ms with it. No config
 swept beat XLA elsewhere at M <= 8 (gate_up 69 vs 67 µs, qkv 14 vs 10, o 10 vs 9), nor for the 32-row gate_up
-(28.3 vs 23.5 µs); the 32-row qkv and o ran faster alone but not in the pass (H200 and H100). So ``plan`` only returns configs
-for the shapes where one was measured faster in use; the decoder asks it per projection.
+(28.3 vs 23.5 µs); the 32-row qkv and o ran faster alone but not in the pass (H200 and H100). So ``plan`` only
+returns configs for the shapes where one was measured faster in use; the decoder asks it per projection.
 The Triton-lowered ``decode_matvec`` stays the 1.5B choice (no tensor cores, but a fused norm and SwiGLU).
 
 Mosaic GPU's interpreter cannot run WGMMA on a transposed shared-memory operand, so the CPU tests check the

@@ -76,7 +76,7 @@ def test_no_recompilation_across_prompts_and_budgets_of_one_bucket(model):
 
 
 def test_a_kernel_switch_changed_between_calls_compiles_its_own_program(model, monkeypatch):
-    prompt = np.arange(1, 300) % tiny_models.VOCAB  # a prompt bucket no other test uses
+    prompt = np.arange(1, 300) % tiny_models.VOCAB  # a prompt bucket only the tracing-input tests use
     ffjax.generate(model, prompt, 8)
     before = executables.count()
     monkeypatch.setenv("FFJAX_SKINNY_GEMM", "off")  # read while tracing: the cached program would ignore it
