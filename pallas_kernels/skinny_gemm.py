@@ -18,6 +18,8 @@ XLA's 39.2 µs back to back over 28 weights on an H200, and the 7B decode step 4
 swept beat XLA elsewhere at M <= 8 (gate_up 69 vs 67 µs, qkv 14 vs 10, o 10 vs 9), nor for the 32-row gate_up
 (28.3 vs 23.5 µs); the 32-row qkv and o ran faster alone but not in the pass (H200 and H100). So ``plan`` only
 returns configs for the shapes where one was measured faster in use; the decoder asks it per projection.
+Summing the split-K partials inside a thread-block cluster (through distributed shared memory) instead of in XLA
+was slower at both the 7B and the drafter down shapes (H100; BENCHMARKS.md, issue 2).
 The Triton-lowered ``decode_matvec`` stays the 1.5B choice (no tensor cores, but a fused norm and SwiGLU).
 
 Mosaic GPU's interpreter cannot run WGMMA on a transposed shared-memory operand, so the CPU tests check the
