@@ -6,7 +6,7 @@ set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check flags matvec matvec_modes
+STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check flags matvec matvec_modes matvec_7b_ab
 # attention: kernels_bench at 32k, with tokamax's kernels beside ours where TOKAMAX_WHEELS names a folder of its
 # wheel and its dependencies other than jax (the device has no network: download them here, carry them there).
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee "$OUT/suite.log"
@@ -26,6 +26,10 @@ for step in $STEPS; do
     hf) run hf 200 python3 benchmarks/hf_generate_bench.py ;;
     check) run check 240 env PYTHONPATH=. python3 benchmarks/kernels_gpu_check.py --out "$OUT" ;;
     matvec) run matvec 300 python3 benchmarks/matvec_bench.py --shapes qwen2.5-1.5b qwen2.5-7b ;;
+    matvec_7b_ab)  # the 7B decode step with decoding-row kernels for some projections against XLA's GEMMs, A/B in
+      # one process (auto keeps XLA at 7B from H200 runs; the H100 was never measured). Alone in a device call.
+      run matvec_7b_ab 560 python3 benchmarks/ab_decode.py --shape qwen2.5-7b --env FFJAX_MATVEC \
+        --values off o qkv,o qkv,o,gate_up on --rounds 2 --keep-going ;;
     matvec_modes)  # the decode step with the decoding-row kernels on and off, both shapes (profiled)
       for shape in qwen2.5-1.5b qwen2.5-7b; do for mode in on off; do
         FFJAX_MATVEC=$mode run "decode_${mode}_${shape//./_}" 100 python3 benchmarks/decode_kernels.py --profile \

@@ -63,7 +63,7 @@ def test_cache_in_the_wrong_layout_is_refused(both_layouts):
         decoder.decode(per_layer.config, per_layer.params, jnp.ones((1, 3), jnp.int32), cache)
 
 
-@pytest.mark.parametrize("mode", ["on", "off", "qkv,o"])
+@pytest.mark.parametrize("mode", ["on", "off", "o", "qkv,o", "qkv,o,gate_up"])
 def test_decoding_row_kernels_do_not_change_generation(both_layouts, monkeypatch, mode):
     """FFJAX_MATVEC switches a decoding row's projections between decode_matvec and XLA's dots: same tokens."""
     stacked, per_layer = both_layouts
