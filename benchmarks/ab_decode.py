@@ -1,20 +1,29 @@
-"""A/B of one environment switch on batch-1 greedy decode, interleaved in one process (A B A B ...), tokens
-compared, with the HBM limit measured in the same run.
+"""A/B of kernel switches or XLA compile options on batch-1 greedy decode (or the drafter's pass), interleaved in
+one process (A B A B ...), tokens compared, with the HBM limit measured in the same run.
 
     python benchmarks/ab_decode.py --shape qwen2.5-7b --env FFJAX_SKINNY_GEMM=off,auto [--rounds 3]
     python benchmarks/ab_decode.py --env FFJAX_ATTENTION=auto,gpu_mosaic --context 32768 --new 32 --forward 1 32
+    python benchmarks/ab_decode.py --xla-options default pdl:xla_gpu_enable_pdl=true,xla_gpu_enable_pdl_launch=true
+    python benchmarks/ab_decode.py --workload dllm --shape qwen2.5-1.5b --xla-options default \\
+        cublaslt:xla_gpu_enable_triton_gemm=false,xla_gpu_enable_cublaslt=true
 
-Each variant sets the variable, drops every compiled executable (the switches are read at trace time), decodes
-once to compile and compare tokens with the first variant (a change stops the run, unless ``--keep-going``),
-then takes the median of 5 timed `generate` runs;
+Each variant sets its environment variable (``--env``) or its XLA options (``--xla-options LABEL[:NAME=VALUE,...]``,
+passed to each program's compile by ``ffjax.executables.xla_options``; XLA_FLAGS, read once per process, could not
+alternate), drops every compiled executable (the switches are read at trace time), runs once to compile and
+compare tokens with the first variant (a change or a failure stops the run, unless ``--keep-going``), then takes
+the median of 5 timed runs. ``--workload generate`` times `generate` in ms/token; ``--workload dllm`` times
+`dllm_generate`'s in-loop decode pass at the shape made a Fast-dLLM v2 drafter (issue 3's measure), in ms/pass.
 ``--forward K ...`` also times one forward of K new tokens over a ``--context``-token cache (the verifier's cost).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import sys
+from typing import Callable
 
 import jax
 import numpy as np
@@ -22,64 +31,144 @@ import numpy as np
 sys.path.insert(0, ".")
 from benchmarks import common  # noqa: E402
 from benchmarks.decode_bench import forward_latency  # noqa: E402
+from benchmarks.dllm_bench import dllm_shape  # noqa: E402
 from ffjax import executables  # noqa: E402
 from ffjax.checkpoint import Model  # noqa: E402
+from ffjax.dllm_generate import dllm_generate  # noqa: E402
 from ffjax.generate import generate  # noqa: E402
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--shape", default="qwen2.5-7b")
-    parser.add_argument("--env", required=True, help="VAR=value_a,value_b[,...], or VAR with --values")
-    parser.add_argument("--values", nargs="+", help="the values of --env VAR, for values holding commas")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--context", type=int, default=1024)
-    parser.add_argument("--new", type=int, default=128)
-    parser.add_argument("--forward", type=int, nargs="*", default=[], help="also time forwards of these sizes")
-    parser.add_argument("--keep-going", action="store_true",
-                        help="time every variant even if one changes the greedy tokens (reported, not fatal)")
-    args = parser.parse_args()
+def option_value(text: str):
+    """An XLA option's value from the command line: true/false as bools, integers as ints, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def parse_xla_variant(text: str) -> tuple[str, dict]:
+    """'LABEL' (no options) or 'LABEL:NAME=VALUE,NAME=VALUE' -> (label, options)."""
+    label, _, spec = text.partition(":")
+    options = {}
+    for item in filter(None, spec.split(",")):
+        name, equals, value = item.partition("=")
+        if not equals:
+            raise SystemExit(f"--xla-options {text!r}: {item!r} is not NAME=VALUE")
+        options[name] = option_value(value)
+    return label, options
+
+
+def variants(args) -> tuple[str, list[tuple[str, Callable[[], contextlib.AbstractContextManager]]]]:
+    """(what varies, [(label, a function making a context that applies the variant)])."""
+    if args.xla_options:
+        parsed = [parse_xla_variant(v) for v in args.xla_options]
+        return "XLA options", [(label, functools.partial(executables.xla_options, options))
+                               for label, options in parsed]
+    if not args.env:
+        raise SystemExit("give --env or --xla-options")
     if args.values:
         variable, values = args.env, args.values
     else:
         variable, values = args.env.split("=", 1)
         values = values.split(",")
+
+    @contextlib.contextmanager
+    def env(value):
+        os.environ[variable] = value
+        yield
+
+    return variable, [(value, functools.partial(env, value)) for value in values]
+
+
+def workload(args):
+    """(config, model, run): ``run()`` returns (tokens, the time this workload reports in ms)."""
+    if args.workload == "dllm":
+        config = dllm_shape(args.shape)
+        model = Model(config, common.random_params(config))
+        prompt = np.random.RandomState(0).randint(0, config.mask_token_id, args.context).astype(np.int32)
+        prefill_passes = int(args.context >= config.bd_size)  # one pass over the prompt's complete blocks
+
+        def run():
+            result = dllm_generate(model, prompt, args.new, threshold=args.threshold)
+            return result.tokens, 1e3 * result.stats.decode_s / (result.stats.forward_passes - prefill_passes)
+    else:
+        config = common.shape_config(args.shape)
+        model = Model(config, common.random_params(config))
+        prompt = np.random.RandomState(0).randint(0, config.vocab_size, args.context).astype(np.int32)
+
+        def run():
+            result = generate(model, prompt, args.new)
+            return result.tokens, result.stats.decode_ms_per_token
+    return config, model, run
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="qwen2.5-7b")
+    parser.add_argument("--workload", choices=["generate", "dllm"], default="generate")
+    parser.add_argument("--env", help="VAR=value_a,value_b[,...], or VAR with --values")
+    parser.add_argument("--values", nargs="+", help="the values of --env VAR, for values holding commas")
+    parser.add_argument("--xla-options", nargs="+", metavar="LABEL[:NAME=VALUE,...]",
+                        help="variants of XLA compile options instead of --env")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--threshold", type=float, default=0.9, help="the drafter's threshold (--workload dllm)")
+    parser.add_argument("--forward", type=int, nargs="*", default=[], help="also time forwards of these sizes")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="time every variant even if one changes the greedy tokens or fails (reported, not fatal)")
+    args = parser.parse_args()
+    varied, cases = variants(args)
+    labels = [label for label, _ in cases]
+    unit = "ms/pass" if args.workload == "dllm" else "ms/token"
     print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
-    bandwidth = common.measured_read_bandwidth()
-    config = common.shape_config(args.shape)
-    model = Model(config, common.random_params(config))
-    prompt = np.random.RandomState(0).randint(0, config.vocab_size, args.context).astype(np.int32)
-    limit_ms = 1e3 * common.decode_bytes_per_token(config, args.context + args.new // 2)["total"] / bandwidth
-    first_tokens, ms, identical = None, {v: [] for v in values}, {v: [] for v in values}
-    forward_ms = {v: {k: [] for k in args.forward} for v in values}
+    bandwidth = common.measured_read_bandwidth(64 << 20 if args.shape == "tiny" else 4 << 30)
+    config, model, run = workload(args)
+    context = args.context + (config.bd_size if args.workload == "dllm" else args.new // 2)
+    limit_ms = 1e3 * common.decode_bytes_per_token(config, context)["total"] / bandwidth
+    first_tokens, ms, identical, failed = None, {v: [] for v in labels}, {v: [] for v in labels}, set()
+    forward_ms = {v: {k: [] for k in args.forward} for v in labels}
     for round_index in range(args.rounds):
-        for value in values:
-            os.environ[variable] = value
-            executables.clear()
-            jax.clear_caches()
-            tokens = np.asarray(generate(model, prompt, args.new).tokens)
-            first_tokens = tokens if first_tokens is None else first_tokens
-            same = tokens.shape == first_tokens.shape and bool((tokens == first_tokens).all())
-            identical[value].append(same)
-            ms[value].append(float(np.median([generate(model, prompt, args.new).stats.decode_ms_per_token
-                                              for _ in range(5)])))
-            print(f"round {round_index} {variable}={value}: {ms[value][-1]:.4f} ms/token, tokens identical to "
-                  f"{variable}={values[0]}: {same}", flush=True)
-            if not same and not args.keep_going:
-                raise SystemExit(f"{variable}={value} changed the greedy tokens")
-            for k in args.forward:
-                forward_ms[value][k].append(1e3 * forward_latency(config, model.params, args.context, k)[0])
-                print(f"  forward of {k} over {args.context}: {forward_ms[value][k][-1]:.4f} ms", flush=True)
-    common.write_results("ab_decode.json", {"shape": args.shape, "variable": variable, "ms_per_token": ms,
-                                            "forward_ms": forward_ms, "tokens_identical": identical,
+        for label, applied in cases:
+            with applied():
+                executables.clear()
+                jax.clear_caches()
+                try:
+                    tokens = np.asarray(run()[0])
+                except Exception as error:  # e.g. an XLA option this jaxlib does not have
+                    if not args.keep_going:
+                        raise
+                    print(f"round {round_index} {varied} {label}: failed, {str(error).splitlines()[-1][:200]}",
+                          flush=True)
+                    failed.add(label)
+                    continue
+                first_tokens = tokens if first_tokens is None else first_tokens
+                same = tokens.shape == first_tokens.shape and bool((tokens == first_tokens).all())
+                identical[label].append(same)
+                ms[label].append(float(np.median([run()[1] for _ in range(5)])))
+                print(f"round {round_index} {varied} {label}: {ms[label][-1]:.4f} {unit}, tokens identical to "
+                      f"{labels[0]}: {same}", flush=True)
+                if not same and not args.keep_going:
+                    raise SystemExit(f"{varied} {label} changed the greedy tokens")
+                for k in args.forward:
+                    forward_ms[label][k].append(1e3 * forward_latency(config, model.params, args.context, k)[0])
+                    print(f"  forward of {k} over {args.context}: {forward_ms[label][k][-1]:.4f} ms", flush=True)
+    common.write_results("ab_decode.json", {"shape": args.shape, "workload": args.workload, "variable": varied,
+                                            "variants": args.xla_options or args.values or args.env,
+                                            "ms": ms, "unit": unit, "forward_ms": forward_ms,
+                                            "tokens_identical": identical, "failed": sorted(failed),
                                             "context": args.context,
                                             "hbm_limit_ms": limit_ms, "read_bandwidth": bandwidth})
-    print(f"\n{args.shape}: HBM limit {limit_ms:.3f} ms/token ({bandwidth / 1e12:.2f} TB/s read)")
-    print(f"| {variable} | ms/token per round | median | × limit |"
-          + "".join(f" fwd k={k} ms |" for k in args.forward))
-    for value, xs in ms.items():
-        print(f"| {value} | {' / '.join(f'{x:.3f}' for x in xs)} | {np.median(xs):.3f} | "
-              f"{np.median(xs) / limit_ms:.3f} |" + "".join(f" {np.median(forward_ms[value][k]):.3f} |"
+    print(f"\n{args.shape} ({args.workload}): HBM limit {limit_ms:.3f} {unit} ({bandwidth / 1e12:.2f} TB/s read)")
+    print(f"| {varied} | {unit} per round | median | × limit |" + "".join(f" fwd k={k} ms |" for k in args.forward))
+    for label, xs in ms.items():
+        if not xs:
+            print(f"| {label} | failed | | |")
+            continue
+        print(f"| {label} | {' / '.join(f'{x:.3f}' for x in xs)} | {np.median(xs):.3f} | "
+              f"{np.median(xs) / limit_ms:.3f} |" + "".join(f" {np.median(forward_ms[label][k]):.3f} |"
                                                            for k in args.forward))
 
 

@@ -6,7 +6,8 @@ set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check flags matvec matvec_modes matvec_7b_ab
+STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check flags matvec matvec_modes
+# matvec_7b_ab xla_7b_ab dllm_xla_ab (one per device call)
 # attention: kernels_bench at 32k, with tokamax's kernels beside ours where TOKAMAX_WHEELS names a folder of its
 # wheel and its dependencies other than jax (the device has no network: download them here, carry them there).
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee "$OUT/suite.log"
@@ -30,6 +31,13 @@ for step in $STEPS; do
       # one process (auto keeps XLA at 7B from H200 runs; the H100 was never measured). Alone in a device call.
       run matvec_7b_ab 560 python3 benchmarks/ab_decode.py --shape qwen2.5-7b --env FFJAX_MATVEC \
         --values off o qkv,o qkv,o,gate_up on --rounds 2 --keep-going ;;
+    xla_7b_ab)  # the 7B step's programs compiled with XLA's PDL options, A/B in one process (ffjax.executables)
+      run xla_7b_ab 560 python3 benchmarks/ab_decode.py --shape qwen2.5-7b --rounds 2 --keep-going --xla-options \
+        default pdl:xla_gpu_enable_pdl=true,xla_gpu_enable_pdl_launch=true ;;
+    dllm_xla_ab)  # the drafter's in-loop pass under XLA options: cuBLASLt for its GEMMs, PDL
+      run dllm_xla_ab 560 python3 benchmarks/ab_decode.py --workload dllm --shape qwen2.5-1.5b --rounds 2 \
+        --keep-going --xla-options default cublaslt:xla_gpu_enable_triton_gemm=false,xla_gpu_enable_cublaslt=true \
+        pdl:xla_gpu_enable_pdl=true,xla_gpu_enable_pdl_launch=true ;;
     matvec_modes)  # the decode step with the decoding-row kernels on and off, both shapes (profiled)
       for shape in qwen2.5-1.5b qwen2.5-7b; do for mode in on off; do
         FFJAX_MATVEC=$mode run "decode_${mode}_${shape//./_}" 100 python3 benchmarks/decode_kernels.py --profile \

@@ -6,6 +6,7 @@ of compilations observable: a new entry here is exactly one XLA compilation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable, Hashable
@@ -14,6 +15,21 @@ import jax
 
 _compiled: dict[Hashable, Any] = {}
 compile_seconds = {"total": 0.0}
+_xla_options: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def xla_options(options: dict[str, Any] | None):
+    """Programs compiled inside the block get these XLA compile options (e.g. ``{"xla_gpu_enable_pdl": True}``;
+    bools, ints and strings as XLA's flags take them), and they are part of each program's key. Unlike
+    ``XLA_FLAGS``, which is read once per process, this lets one process time option sets side by side
+    (``benchmarks/ab_decode.py --xla-options``). XLA refuses an unknown option or a bad value at compile time."""
+    global _xla_options
+    previous, _xla_options = _xla_options, dict(options or {})
+    try:
+        yield
+    finally:
+        _xla_options = previous
 
 
 def run(key: tuple, jitted: Callable, *args) -> tuple[Any, float, float]:
@@ -42,11 +58,11 @@ def kernel_switches() -> tuple:
 def get(key: tuple, jitted: Callable, *example_args) -> tuple[Any, float]:
     """(executable, seconds spent compiling it now: 0.0 on a cache hit). ``key`` names the program and its
     static arguments; the arguments' structure, shapes and dtypes are added to it here."""
-    key = (*key, kernel_switches(), _signature(example_args))
+    key = (*key, kernel_switches(), tuple(sorted(_xla_options.items())), _signature(example_args))
     if key in _compiled:
         return _compiled[key], 0.0
     start = time.perf_counter()
-    _compiled[key] = jitted.lower(*example_args).compile()
+    _compiled[key] = jitted.lower(*example_args).compile(compiler_options=_xla_options or None)
     elapsed = time.perf_counter() - start
     compile_seconds["total"] += elapsed
     return _compiled[key], elapsed

@@ -95,6 +95,19 @@ def test_an_edited_skinny_gemm_plan_compiles_its_own_program(model, monkeypatch)
     assert executables.count() > before
 
 
+def test_xla_options_compile_their_own_program_and_reach_xla(model):
+    prompt = np.arange(1, 300) % tiny_models.VOCAB
+    expected = ffjax.generate(model, prompt, 8).tokens
+    before = executables.count()
+    with executables.xla_options({"xla_gpu_enable_pdl": True}):  # a GPU option: the CPU program is the same
+        np.testing.assert_array_equal(ffjax.generate(model, prompt, 8).tokens, expected)
+    assert executables.count() > before
+    # the options reach XLA's compiler: it refuses one it does not know
+    with executables.xla_options({"xla_no_such_option": True}), \
+            pytest.raises(jax.errors.JaxRuntimeError, match="xla_no_such_option"):
+        ffjax.generate(model, prompt, 8)
+
+
 def test_a_fixed_prompt_bucket_serves_prompts_of_several_buckets_with_one_program(model):
     prompts = [np.random.RandomState(n).randint(0, tiny_models.VOCAB, n) for n in (9, 40, 70)]
     expected = [ffjax.generate(model, p, 24).tokens for p in prompts]
