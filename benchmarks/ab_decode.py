@@ -1,18 +1,20 @@
-"""A/B of kernel switches or XLA compile options on batch-1 greedy decode (or the drafter's pass), interleaved in
-one process (A B A B ...), tokens compared, with the HBM limit measured in the same run.
+"""A/B of kernel switches, XLA compile options or skinny_gemm plans on batch-1 greedy decode (or the drafter's
+pass), interleaved in one process (A B A B ...), tokens compared, with the HBM limit measured in the same run.
 
     python benchmarks/ab_decode.py --shape qwen2.5-7b --env FFJAX_SKINNY_GEMM=off,auto [--rounds 3]
     python benchmarks/ab_decode.py --env FFJAX_ATTENTION=auto,gpu_mosaic --context 32768 --new 32 --forward 1 32
     python benchmarks/ab_decode.py --xla-options default pdl:xla_gpu_enable_pdl=true,xla_gpu_enable_pdl_launch=true
+    python benchmarks/ab_decode.py --skinny-plans landed "gate_up:1x37888x3584=64/256/4/2"
     python benchmarks/ab_decode.py --workload dllm --shape qwen2.5-1.5b --xla-options default \\
         cublaslt:xla_gpu_enable_triton_gemm=false,xla_gpu_enable_cublaslt=true
 
-Each variant sets its environment variable (``--env``) or its XLA options (``--xla-options LABEL[:NAME=VALUE,...]``,
+Each variant sets its environment variable (``--env``), its XLA options (``--xla-options LABEL[:NAME=VALUE,...]``,
 passed to each program's compile by ``ffjax.executables.xla_options``; XLA_FLAGS, read once per process, could not
-alternate), drops every compiled executable (the switches are read at trace time), runs once to compile and
-compare tokens with the first variant (a change or a failure stops the run, unless ``--keep-going``), then takes
-the median of 5 timed runs. ``--workload generate`` times `generate` in ms/token; ``--workload dllm`` times
-`dllm_generate`'s in-loop decode pass at the shape made a Fast-dLLM v2 drafter (issue 3's measure), in ms/pass.
+alternate) or entries of ``skinny_gemm.PLANS`` (``--skinny-plans``). It drops every compiled executable (all three
+are read at trace time), runs once to compile and compare tokens with the first variant (a change or a failure
+stops the run, unless ``--keep-going``), then takes the median of 5 timed runs. ``--workload generate`` times
+`generate` in ms/token; ``--workload dllm`` times `dllm_generate`'s in-loop decode pass at the shape made a
+Fast-dLLM v2 drafter (issue 3's measure), in ms/pass.
 ``--forward K ...`` also times one forward of K new tokens over a ``--context``-token cache (the verifier's cost).
 """
 
@@ -36,6 +38,7 @@ from ffjax import executables  # noqa: E402
 from ffjax.checkpoint import Model  # noqa: E402
 from ffjax.dllm_generate import dllm_generate  # noqa: E402
 from ffjax.generate import generate  # noqa: E402
+from pallas_kernels import skinny_gemm  # noqa: E402
 
 
 def option_value(text: str):
@@ -60,14 +63,46 @@ def parse_xla_variant(text: str) -> tuple[str, dict]:
     return label, options
 
 
+def parse_plan_variant(text: str) -> tuple[str, dict]:
+    """'LABEL' (the landed plans) or 'LABEL:RxNxK=BN/BK/STEPS/SPLIT;...' -> (label, entries to add to
+    ``skinny_gemm.PLANS``: x [R, K] times a weight [N, K] in block_n BN, block_k BK, STEPS deep, split-K SPLIT)."""
+    label, _, spec = text.partition(":")
+    entries = {}
+    for item in filter(None, spec.split(";")):
+        try:
+            shape, config = item.split("=")
+            rows, num_out, width = (int(v) for v in shape.split("x"))
+            block_n, block_k, steps, split_k = (int(v) for v in config.split("/"))
+        except ValueError:
+            raise SystemExit(f"--skinny-plans {text!r}: {item!r} is not RxNxK=BN/BK/STEPS/SPLIT") from None
+        entries[(skinny_gemm.padded_rows(rows), num_out, width)] = skinny_gemm.SkinnyConfig(
+            block_n=block_n, block_k=block_k, max_concurrent_steps=steps, split_k=split_k)
+    return label, entries
+
+
+@contextlib.contextmanager
+def added_plans(entries: dict):
+    """``skinny_gemm.PLANS`` with these entries while the block runs (the decoder reads it while tracing)."""
+    landed = dict(skinny_gemm.PLANS)
+    skinny_gemm.PLANS.update(entries)
+    try:
+        yield
+    finally:
+        skinny_gemm.PLANS.clear()
+        skinny_gemm.PLANS.update(landed)
+
+
 def variants(args) -> tuple[str, list[tuple[str, Callable[[], contextlib.AbstractContextManager]]]]:
     """(what varies, [(label, a function making a context that applies the variant)])."""
     if args.xla_options:
         parsed = [parse_xla_variant(v) for v in args.xla_options]
         return "XLA options", [(label, functools.partial(executables.xla_options, options))
                                for label, options in parsed]
+    if args.skinny_plans:
+        parsed = [parse_plan_variant(v) for v in args.skinny_plans]
+        return "skinny_gemm plans", [(label, functools.partial(added_plans, entries)) for label, entries in parsed]
     if not args.env:
-        raise SystemExit("give --env or --xla-options")
+        raise SystemExit("give --env, --xla-options or --skinny-plans")
     if args.values:
         variable, values = args.env, args.values
     else:
@@ -104,7 +139,9 @@ def workload(args):
     return config, model, run
 
 
-def main():
+def main(argv=None, cases=None):
+    """``cases``: (what varies, [(label, a function making a context that applies the variant)]), for a trial script
+    whose variants are neither switches nor XLA options (e.g. an edited ``skinny_gemm.PLANS``); else from argv."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", default="qwen2.5-7b")
     parser.add_argument("--workload", choices=["generate", "dllm"], default="generate")
@@ -112,6 +149,8 @@ def main():
     parser.add_argument("--values", nargs="+", help="the values of --env VAR, for values holding commas")
     parser.add_argument("--xla-options", nargs="+", metavar="LABEL[:NAME=VALUE,...]",
                         help="variants of XLA compile options instead of --env")
+    parser.add_argument("--skinny-plans", nargs="+", metavar="LABEL[:RxNxK=BN/BK/STEPS/SPLIT;...]",
+                        help="variants of skinny_gemm.PLANS: entries added to the landed table")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--new", type=int, default=128)
@@ -119,8 +158,8 @@ def main():
     parser.add_argument("--forward", type=int, nargs="*", default=[], help="also time forwards of these sizes")
     parser.add_argument("--keep-going", action="store_true",
                         help="time every variant even if one changes the greedy tokens or fails (reported, not fatal)")
-    args = parser.parse_args()
-    varied, cases = variants(args)
+    args = parser.parse_args(argv)
+    varied, cases = cases or variants(args)
     labels = [label for label, _ in cases]
     unit = "ms/pass" if args.workload == "dllm" else "ms/token"
     print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
@@ -156,7 +195,7 @@ def main():
                     forward_ms[label][k].append(1e3 * forward_latency(config, model.params, args.context, k)[0])
                     print(f"  forward of {k} over {args.context}: {forward_ms[label][k][-1]:.4f} ms", flush=True)
     common.write_results("ab_decode.json", {"shape": args.shape, "workload": args.workload, "variable": varied,
-                                            "variants": args.xla_options or args.values or args.env,
+                                            "variants": labels,
                                             "ms": ms, "unit": unit, "forward_ms": forward_ms,
                                             "tokens_identical": identical, "failed": sorted(failed),
                                             "context": args.context,

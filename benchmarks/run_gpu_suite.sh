@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
 STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check flags matvec matvec_modes
-# matvec_7b_ab xla_7b_ab dllm_xla_ab (one per device call)
+# matvec_7b_ab xla_7b_ab skinny_7b_ab dllm_xla_ab (one per device call)
 # attention: kernels_bench at 32k, with tokamax's kernels beside ours where TOKAMAX_WHEELS names a folder of its
 # wheel and its dependencies other than jax (the device has no network: download them here, carry them there).
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee "$OUT/suite.log"
@@ -34,6 +34,11 @@ for step in $STEPS; do
     xla_7b_ab)  # the 7B step's programs compiled with XLA's PDL options, A/B in one process (ffjax.executables)
       run xla_7b_ab 560 python3 benchmarks/ab_decode.py --shape qwen2.5-7b --rounds 2 --keep-going --xla-options \
         default pdl:xla_gpu_enable_pdl=true,xla_gpu_enable_pdl_launch=true ;;
+    skinny_7b_ab)  # skinny_gemm for the 7B row's gate_up and o, at the H200 sweep's best configs
+      # (benchmarks/results/skinny_sweep_mp_7b_h200.log; slower than XLA there, never timed on an H100)
+      run skinny_7b_ab 560 python3 benchmarks/ab_decode.py --shape qwen2.5-7b --rounds 2 --keep-going --skinny-plans \
+        landed gate_up:1x37888x3584=64/256/4/2 o:1x3584x3584=128/64/6/8 \
+        "gate_up+o:1x37888x3584=64/256/4/2;1x3584x3584=128/64/6/8" ;;
     dllm_xla_ab)  # the drafter's in-loop pass under XLA options: cuBLASLt for its GEMMs, PDL
       run dllm_xla_ab 560 python3 benchmarks/ab_decode.py --workload dllm --shape qwen2.5-1.5b --rounds 2 \
         --keep-going --xla-options default cublaslt:xla_gpu_enable_triton_gemm=false,xla_gpu_enable_cublaslt=true \
