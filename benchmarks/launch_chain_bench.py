@@ -132,6 +132,30 @@ def measure(kind: str, options: dict, lengths: tuple[int, int], width: int, inte
             "chain_us": {str(n): 1e6 * s for n, s in seconds.items()}}
 
 
+def pdl_support() -> dict:
+    """What this JAX says about PDL for Pallas kernels: its compiler params' fields, and which of its files
+    (Python sources, shared libraries) mention ``uses_pdl``, the flag that makes a kernel launch with PDL."""
+    import dataclasses
+    import importlib.util
+
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+    from jax.experimental.pallas import triton as pltriton
+    mentions = []
+    for package in ("jax", "jaxlib", "jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin"):
+        spec = importlib.util.find_spec(package)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            for folder, _, files in os.walk(root):
+                for name in files:
+                    if name.endswith((".py", ".so")):
+                        path = os.path.join(folder, name)
+                        with open(path, "rb") as f:
+                            if b"uses_pdl" in f.read():
+                                mentions.append(os.path.relpath(path, os.path.dirname(root)))
+    return {"mosaic_gpu_compiler_params": [f.name for f in dataclasses.fields(plgpu.CompilerParams)],
+            "triton_compiler_params": [f.name for f in dataclasses.fields(pltriton.CompilerParams)],
+            "files_mentioning_uses_pdl": sorted(mentions)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
@@ -145,6 +169,8 @@ def main(argv=None):
     kinds = [k for k in args.kinds if on_gpu or not k.endswith("_pdl")]
     option_sets = args.option_sets if on_gpu else ["default"]
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    support = pdl_support()
+    print(json.dumps(support), flush=True)
     results = {}
     for kind in kinds:
         for name in option_sets:
@@ -163,7 +189,7 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "lengths": args.lengths,
-                       "width": args.width, "results": results}, f, indent=1)
+                       "width": args.width, "pdl_support": support, "results": results}, f, indent=1)
     return results
 
 
