@@ -13,7 +13,8 @@ Kinds: ``xla`` (one loop fusion per step, kept apart by optimisation barriers), 
 lowered through Triton), ``mosaic`` (a Pallas Mosaic GPU kernel), and ``triton_pdl`` / ``mosaic_pdl``: the same
 kernels with ``griddepcontrol.wait`` before their first read and ``griddepcontrol.launch_dependents`` right
 after it. The instructions do nothing in a kernel that was not launched with PDL, so where a ``_pdl`` chain is
-faster than its plain one, XLA did launch the kernel that way.
+faster than its plain one, the kernel was launched that way. ``xla_<kind>`` alternates an XLA fusion with the
+Pallas kernel, as the decode step does; its figure is per kernel too.
 
     python3 benchmarks/launch_chain_bench.py                     # on a GPU: every kind under every option set
     python3 benchmarks/launch_chain_bench.py --lengths 2 6       # CPU: the chains without PDL, Pallas interpreted
@@ -40,7 +41,8 @@ OPTION_SETS = {
     "pdl": {"xla_gpu_enable_pdl": True, "xla_gpu_enable_pdl_launch": True},
     "no_command_buffer": {"xla_gpu_enable_command_buffer": ""},
 }
-KINDS = ("xla", "triton", "triton_pdl", "mosaic", "mosaic_pdl")
+KINDS = ("xla", "triton", "triton_pdl", "mosaic", "mosaic_pdl",
+         "xla_triton", "xla_triton_pdl", "xla_mosaic", "xla_mosaic_pdl")
 _WAIT_THEN_RELEASE = "griddepcontrol.wait; griddepcontrol.launch_dependents;"
 
 
@@ -94,6 +96,11 @@ def mosaic_step(x, *, pdl: bool, interpret: bool):
 
 
 def step_of(kind: str, interpret: bool):
+    """One step of the chain: one kernel, or for ``xla_*`` kinds an XLA fusion then the Pallas kernel (as in the
+    decode step, where XLA's GEMMs and sums alternate with Pallas kernels)."""
+    if kind.startswith("xla_"):
+        pallas_step = step_of(kind[len("xla_"):], interpret)
+        return lambda x: pallas_step(xla_step(x))
     if kind == "xla":
         return xla_step
     if kind.startswith("triton"):
@@ -111,6 +118,10 @@ def chain(step, length: int):
     return jax.jit(run)
 
 
+def kernels_per_step(kind: str) -> int:
+    return 2 if kind.startswith("xla_") else 1
+
+
 def expected(x, length: int):
     for _ in range(length):
         x = x * 1.0001 + 1.0
@@ -123,12 +134,13 @@ def measure(kind: str, options: dict, lengths: tuple[int, int], width: int, inte
     for length in lengths:
         compiled = chain(step_of(kind, interpret), length).lower(x).compile(compiler_options=options or None)
         out = compiled(x)
-        error = float(jnp.max(jnp.abs(out - expected(x, length))))
+        error = float(jnp.max(jnp.abs(out - expected(x, length * kernels_per_step(kind)))))
         if error > 1e-3 * length:  # a kernel that started before its input was written would show here
             raise AssertionError(f"{kind} chain of {length}: max |error| {error}")
         seconds[length] = time_back_to_back(lambda: compiled(x))
     short, long = lengths
-    return {"per_kernel_us": 1e6 * (seconds[long] - seconds[short]) / (long - short),
+    kernels = kernels_per_step(kind) * (long - short)
+    return {"per_kernel_us": 1e6 * (seconds[long] - seconds[short]) / kernels,
             "chain_us": {str(n): 1e6 * s for n, s in seconds.items()}}
 
 
@@ -180,7 +192,7 @@ def main(argv=None):
             except Exception as error:  # an option set or kind this jax cannot build: say so, go on
                 results[f"{kind}/{name}"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
             print(kind, name, json.dumps(results[f"{kind}/{name}"]), flush=True)
-    print(f"\nµs per kernel in a chain (slope between {args.lengths[0]} and {args.lengths[1]} kernels):")
+    print(f"\nµs per kernel in a chain (the slope between chains of {args.lengths[0]} and {args.lengths[1]} steps):")
     print("kind        " + "".join(f"{name:>20}" for name in option_sets))
     for kind in kinds:
         cells = [results[f"{kind}/{name}"] for name in option_sets]

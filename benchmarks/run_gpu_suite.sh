@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
 STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check flags matvec matvec_modes
-# matvec_7b_ab xla_7b_ab skinny_7b_ab dllm_xla_ab (one per device call), pdl_chain (a minute or two)
+# matvec_7b_ab xla_7b_ab skinny_7b_ab dllm_xla_ab (one per device call), pdl_chain (a few minutes)
 # attention: kernels_bench at 32k, with tokamax's kernels beside ours where TOKAMAX_WHEELS names a folder of its
 # wheel and its dependencies other than jax (the device has no network: download them here, carry them there).
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee "$OUT/suite.log"
@@ -43,9 +43,10 @@ for step in $STEPS; do
       run dllm_xla_ab 560 python3 benchmarks/ab_decode.py --workload dllm --shape qwen2.5-1.5b --rounds 2 \
         --keep-going --xla-options default cublaslt:xla_gpu_enable_triton_gemm=false,xla_gpu_enable_cublaslt=true \
         pdl:xla_gpu_enable_pdl=true,xla_gpu_enable_pdl_launch=true ;;
-    pdl_chain)  # a chain of tiny kernels of each kind (XLA, Pallas Triton, Pallas Mosaic GPU, with and without
-      # griddepcontrol), µs per kernel under each XLA option set: does XLA's PDL reach the Pallas kernels?
-      run pdl_chain 240 python3 benchmarks/launch_chain_bench.py --out "$OUT/launch_chain.json" ;;
+    pdl_chain)  # chains of tiny kernels of each kind (XLA, Pallas Triton, Pallas Mosaic GPU, with and without
+      # griddepcontrol, alone and alternating with XLA fusions), µs per kernel under each XLA option set: can PDL
+      # reach the Pallas kernels?
+      run pdl_chain 330 python3 benchmarks/launch_chain_bench.py --out "$OUT/launch_chain.json" ;;
     matvec_modes)  # the decode step with the decoding-row kernels on and off, both shapes (profiled)
       for shape in qwen2.5-1.5b qwen2.5-7b; do for mode in on off; do
         FFJAX_MATVEC=$mode run "decode_${mode}_${shape//./_}" 100 python3 benchmarks/decode_kernels.py --profile \
