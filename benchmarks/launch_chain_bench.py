@@ -40,6 +40,8 @@ OPTION_SETS = {
     "default": {},
     "pdl": {"xla_gpu_enable_pdl": True, "xla_gpu_enable_pdl_launch": True},
     "no_command_buffer": {"xla_gpu_enable_command_buffer": ""},
+    # custom calls (Pallas kernels among them) inside XLA's CUDA graphs too, where their handlers allow it
+    "command_buffer_custom_calls": {"xla_gpu_enable_command_buffer": "+CUSTOM_CALL"},
 }
 KINDS = ("xla", "triton", "triton_pdl", "mosaic", "mosaic_pdl",
          "xla_triton", "xla_triton_pdl", "xla_mosaic", "xla_mosaic_pdl")
