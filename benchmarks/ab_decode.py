@@ -5,12 +5,14 @@ pass), interleaved in one process (A B A B ...), tokens compared, with the HBM l
     python benchmarks/ab_decode.py --env FFJAX_ATTENTION=auto,gpu_mosaic --context 32768 --new 32 --forward 1 32
     python benchmarks/ab_decode.py --xla-options default pdl:xla_gpu_enable_pdl=true,xla_gpu_enable_pdl_launch=true
     python benchmarks/ab_decode.py --skinny-plans landed "gate_up:1x37888x3584=64/256/4/2"
+    python benchmarks/ab_decode.py --env FFJAX_PALLAS_PDL=off,on --xla-options default pdl:xla_gpu_enable_pdl=true
     python benchmarks/ab_decode.py --workload dllm --shape qwen2.5-1.5b --xla-options default \\
         cublaslt:xla_gpu_enable_triton_gemm=false,xla_gpu_enable_cublaslt=true
 
 Each variant sets its environment variable (``--env``), its XLA options (``--xla-options LABEL[:NAME=VALUE,...]``,
 passed to each program's compile by ``ffjax.executables.xla_options``; XLA_FLAGS, read once per process, could not
-alternate) or entries of ``skinny_gemm.PLANS`` (``--skinny-plans``). It drops every compiled executable (all three
+alternate) or entries of ``skinny_gemm.PLANS`` (``--skinny-plans``); given more than one of these, every combination
+is a variant. It drops every compiled executable (all three
 are read at trace time), runs once to compile and compare tokens with the first variant (a change or a failure
 stops the run, unless ``--keep-going``), then takes the median of 5 timed runs. ``--workload generate`` times
 `generate` in ms/token; ``--workload dllm`` times `dllm_generate`'s in-loop decode pass at the shape made a
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import itertools
 import os
 import sys
 from typing import Callable
@@ -93,28 +96,46 @@ def added_plans(entries: dict):
 
 
 def variants(args) -> tuple[str, list[tuple[str, Callable[[], contextlib.AbstractContextManager]]]]:
-    """(what varies, [(label, a function making a context that applies the variant)])."""
+    """(what varies, [(label, a function making a context that applies the variant)]). Given more than one of
+    --env, --xla-options and --skinny-plans, every combination is a variant, labelled "a/b"."""
+    axes = []
+    if args.env:
+        if args.values:
+            variable, values = args.env, args.values
+        else:
+            variable, values = args.env.split("=", 1)
+            values = values.split(",")
+
+        @contextlib.contextmanager
+        def env(value):
+            os.environ[variable] = value
+            yield
+
+        axes.append((variable, [(value, functools.partial(env, value)) for value in values]))
     if args.xla_options:
         parsed = [parse_xla_variant(v) for v in args.xla_options]
-        return "XLA options", [(label, functools.partial(executables.xla_options, options))
-                               for label, options in parsed]
+        axes.append(("XLA options", [(label, functools.partial(executables.xla_options, options))
+                                     for label, options in parsed]))
     if args.skinny_plans:
         parsed = [parse_plan_variant(v) for v in args.skinny_plans]
-        return "skinny_gemm plans", [(label, functools.partial(added_plans, entries)) for label, entries in parsed]
-    if not args.env:
+        axes.append(("skinny_gemm plans", [(label, functools.partial(added_plans, entries))
+                                           for label, entries in parsed]))
+    if not axes:
         raise SystemExit("give --env, --xla-options or --skinny-plans")
-    if args.values:
-        variable, values = args.env, args.values
-    else:
-        variable, values = args.env.split("=", 1)
-        values = values.split(",")
+    if len(axes) == 1:
+        return axes[0]
 
     @contextlib.contextmanager
-    def env(value):
-        os.environ[variable] = value
-        yield
+    def all_of(contexts):
+        with contextlib.ExitStack() as stack:
+            for context in contexts:
+                stack.enter_context(context())
+            yield
 
-    return variable, [(value, functools.partial(env, value)) for value in values]
+    combinations = itertools.product(*(cases for _, cases in axes))
+    return " x ".join(name for name, _ in axes), [
+        ("/".join(label for label, _ in combination), functools.partial(all_of, [c for _, c in combination]))
+        for combination in combinations]
 
 
 def workload(args):

@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
 STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check flags matvec matvec_modes
-# matvec_7b_ab xla_7b_ab skinny_7b_ab dllm_xla_ab (one per device call), pdl_chain (a few minutes)
+# matvec_7b_ab xla_7b_ab skinny_7b_ab dllm_xla_ab pdl_dllm_ab (one per device call), pdl_chain (a few minutes)
 # attention: kernels_bench at 32k, with tokamax's kernels beside ours where TOKAMAX_WHEELS names a folder of its
 # wheel and its dependencies other than jax (the device has no network: download them here, carry them there).
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee "$OUT/suite.log"
@@ -31,9 +31,13 @@ for step in $STEPS; do
       # one process (auto keeps XLA at 7B from H200 runs; the H100 was never measured). Alone in a device call.
       run matvec_7b_ab 560 python3 benchmarks/ab_decode.py --shape qwen2.5-7b --env FFJAX_MATVEC \
         --values off o qkv,o qkv,o,gate_up on --rounds 2 --keep-going ;;
-    xla_7b_ab)  # the 7B step's programs compiled with XLA's PDL options, A/B in one process (ffjax.executables)
-      run xla_7b_ab 560 python3 benchmarks/ab_decode.py --shape qwen2.5-7b --rounds 2 --keep-going --xla-options \
-        default pdl:xla_gpu_enable_pdl=true,xla_gpu_enable_pdl_launch=true ;;
+    xla_7b_ab)  # the 7B step's programs compiled with XLA's PDL options (ffjax.executables), each with and without
+      # the PDL instructions in the Pallas kernels (pallas_kernels.dependent_launch): four variants in one process
+      run xla_7b_ab 570 python3 benchmarks/ab_decode.py --shape qwen2.5-7b --rounds 2 --keep-going \
+        --env FFJAX_PALLAS_PDL=off,on --xla-options default pdl:xla_gpu_enable_pdl=true,xla_gpu_enable_pdl_launch=true ;;
+    pdl_dllm_ab)  # the same four variants on the drafter's in-loop pass (issue 3)
+      run pdl_dllm_ab 560 python3 benchmarks/ab_decode.py --workload dllm --shape qwen2.5-1.5b --rounds 2 --keep-going \
+        --env FFJAX_PALLAS_PDL=off,on --xla-options default pdl:xla_gpu_enable_pdl=true,xla_gpu_enable_pdl_launch=true ;;
     skinny_7b_ab)  # skinny_gemm for the 7B row's gate_up and o, at the H200 sweep's best configs
       # (benchmarks/results/skinny_sweep_mp_7b_h200.log; slower than XLA there, never timed on an H100)
       run skinny_7b_ab 560 python3 benchmarks/ab_decode.py --shape qwen2.5-7b --rounds 2 --keep-going --skinny-plans \

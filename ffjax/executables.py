@@ -51,8 +51,10 @@ def kernel_switches() -> tuple:
     plan table (which a tuning script may edit). A program compiled under other values is another program."""
     from ffjax.attention import resolve_impl
     from ffjax.decoder import MATVEC_ENV
+    from pallas_kernels.dependent_launch import PDL_ENV
     from pallas_kernels.skinny_gemm import PLANS, SKINNY_ENV
-    return (resolve_impl(), *(os.environ.get(name) for name in (MATVEC_ENV, SKINNY_ENV)), frozenset(PLANS.items()))
+    return (resolve_impl(), *(os.environ.get(name) for name in (MATVEC_ENV, SKINNY_ENV, PDL_ENV)),
+            frozenset(PLANS.items()))
 
 
 def get(key: tuple, jitted: Callable, *example_args) -> tuple[Any, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import reference
+from pallas_kernels import dependent_launch, reference
 
 # The GPU kernel is the default on "gpu" because benchmarks/kernels_gpu_check.py passed on an H100 (JAX 0.11.2,
 # 2026-11-21) for every default launch plan (16-, 64- and 128-row tiles); see README.md. Set to False to make
@@ -137,7 +137,7 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
         return gpu_append_attention.append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len,
                                                      num_q_heads=num_q_heads, qkv_bias=qkv_bias,
                                                      block_size=block_size, scale=scale, interpret=interpret,
-                                                     out_rows=out_rows)
+                                                     out_rows=out_rows, pdl=dependent_launch.enabled())
     q, k_cache, v_cache = reference.rotate_and_append(qkv, cos, sin, k_cache, v_cache, q_start,
                                                       num_q_heads=num_q_heads, qkv_bias=qkv_bias)
     out = prefix_block_attention(q, k_cache, v_cache, q_start, kv_len, block_size=block_size, scale=scale,

@@ -26,6 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from pallas_kernels import dependent_launch
 from pallas_kernels.gpu_triton import (_H100_SM_COUNT, TritonConfig, _next_power_of_two, _sm_count,
                                        merge_splits_to_heads, online_softmax_update, plan)
 from pallas_kernels.query_rows import visible_key_end
@@ -40,8 +41,11 @@ def _rotate(x1, x2, cos, sin, dtype):
 
 def _kernel(q_start_ref, kv_len_ref, qkv_ref, bias_ref, cos_ref, sin_ref, k_in_ref, v_in_ref,
             o_ref, lse_ref, k_out_ref, v_out_ref, *, scale, block_size, num_tokens, num_q_heads, num_kv_heads,
-            group, group_pad, block_t, block_k, num_splits, precision):
+            group, group_pad, block_t, block_k, num_splits, precision, pdl):
     tile, split, kv_head = pl.program_id(0), pl.program_id(1), pl.program_id(2) % num_kv_heads
+    if pdl:  # the block's rows (its projections, RoPE tables) come from the tile: those loads wait for the
+        # predecessor kernel. The cache and q_start/kv_len were written before it, so they need not.
+        tile = dependent_launch.triton_after_predecessor(tile)
     num_keys = k_in_ref.shape[0]
     q_start, kv_len = q_start_ref[()], jnp.minimum(kv_len_ref[()], num_keys)  # keys past the cache: dropped
     half = qkv_ref.shape[-1] // 2
@@ -182,14 +186,16 @@ def plan_fused(config: TritonConfig, *, batch, num_kv_heads, num_rows, num_keys,
     return plan(short, **shape)
 
 
-@functools.partial(jax.jit, static_argnames=("num_q_heads", "block_size", "scale", "interpret", "config", "out_rows"))
+@functools.partial(jax.jit, static_argnames=("num_q_heads", "block_size", "scale", "interpret", "config", "out_rows",
+                                             "pdl"))
 def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_heads, qkv_bias=None,
                      block_size=None, scale=None, interpret=False, config: TritonConfig | None = None,
-                     out_rows=None):
+                     out_rows=None, pdl: bool = False):
     """Same contract as ``pallas_kernels.reference.append_attention``; runs the fused Triton kernel.
 
     ``out_rows``: the output has that many token rows, zeros past the block (the padding rows of the GEMM that
-    reads it, written by the split merge rather than by a pad kernel)."""
+    reads it, written by the split merge rather than by a pad kernel). ``pdl``: the kernels carry the
+    instructions of programmatic dependent launch (``dependent_launch``)."""
     batch, qkv_rows, num_heads, head_dim = qkv.shape
     num_tokens = cos.shape[1]  # qkv may carry padding rows past the block (a lone row's two-row GEMM)
     num_keys, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -228,7 +234,7 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     kernel = functools.partial(
         _kernel, scale=scale, block_size=block_size, num_tokens=num_tokens, num_q_heads=num_q_heads,
         num_kv_heads=num_kv_heads, group=group, group_pad=group_pad, block_t=block_t, block_k=block_k,
-        num_splits=cfg.num_splits, precision=precision)
+        num_splits=cfg.num_splits, precision=precision, pdl=pdl and not interpret)
     batch_of = lambda bh: bh // num_kv_heads  # noqa: E731
     head_of = lambda bh: bh % num_kv_heads  # noqa: E731
     per_row = lambda *shape: pl.BlockSpec(  # noqa: E731
@@ -263,7 +269,7 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     if cfg.num_splits > 1:
         out = merge_splits_to_heads(partial_out, partial_lse, num_tokens=num_tokens, group=group,
                                     rows_per_token=group_pad, out_dtype=qkv.dtype, interpret=interpret,
-                                    out_rows=out_rows)
+                                    out_rows=out_rows, pdl=pdl)
         return out, k_cache, v_cache
     rows = partial_out[:, :, 0].reshape(batch, num_kv_heads, num_tiles * block_t, group_pad, head_dim)
     out = rows[:, :, :num_tokens, :group].transpose(0, 2, 1, 3, 4).reshape(batch, num_tokens, num_q_heads, head_dim)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from pallas_kernels import dependent_launch
 from pallas_kernels.gpu_triton import _next_power_of_two
 
 
@@ -35,8 +36,10 @@ def reference(x, delta, scale, *, eps: float, rows: int | None = None):
     return total, normed
 
 
-def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, num_tokens, has_delta):
+def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, num_tokens, has_delta, pdl):
     token = pl.program_id(1)
+    if pdl:  # every load's row comes from the token, so all of them wait for the predecessor kernel
+        token = dependent_launch.triton_after_predecessor(token)
     lanes = jnp.arange(_next_power_of_two(width), dtype=jnp.int32)
     in_row = lanes < width
     row = pl.ds(0, lanes.shape[0])
@@ -59,13 +62,16 @@ def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, n
         plgpu.store(normed_ref.at[token, row], normed.astype(normed_ref.dtype), mask=in_row)
 
 
-@functools.partial(jax.jit, static_argnames=("eps", "rows", "interpret"))
-def gpu_residual_rms_norm(x, delta, scale, *, eps: float, rows: int | None = None, interpret: bool = False):
-    """Same contract as ``reference``; one program per (batch row, token)."""
+@functools.partial(jax.jit, static_argnames=("eps", "rows", "interpret", "pdl"))
+def gpu_residual_rms_norm(x, delta, scale, *, eps: float, rows: int | None = None, interpret: bool = False,
+                          pdl: bool = False):
+    """Same contract as ``reference``; one program per (batch row, token). ``pdl``: with the instructions of
+    programmatic dependent launch (``dependent_launch``)."""
     batch, num_tokens, width = x.shape
     rows = max(rows or num_tokens, num_tokens)
     has_delta = delta is not None
-    kernel = functools.partial(_kernel, eps=eps, width=width, num_tokens=num_tokens, has_delta=has_delta)
+    kernel = functools.partial(_kernel, eps=eps, width=width, num_tokens=num_tokens, has_delta=has_delta,
+                               pdl=pdl and not interpret)
     delta = x if delta is None else delta
     per_batch = lambda tokens: pl.BlockSpec((None, tokens, width), lambda b, t: (b, 0, 0))  # noqa: E731
     total, normed = pl.pallas_call(
@@ -87,7 +93,8 @@ def residual_rms_norm(x, delta, scale, *, eps: float, rows: int | None = None, b
     backend = backend or ("gpu_triton" if jax.default_backend() == "gpu" else "reference")
     if backend == "reference":
         return reference(x, delta, scale, eps=eps, rows=rows)
-    return gpu_residual_rms_norm(x, delta, scale, eps=eps, rows=rows, interpret=backend == "interpret")
+    return gpu_residual_rms_norm(x, delta, scale, eps=eps, rows=rows, interpret=backend == "interpret",
+                                 pdl=dependent_launch.enabled())
 
 
 __all__ = ["reference", "gpu_residual_rms_norm", "residual_rms_norm"]

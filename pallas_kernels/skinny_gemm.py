@@ -37,6 +37,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels import dependent_launch
 from pallas_kernels.dispatch import hopper_gpu
 
 # WGMMA's shapes: the A (weight) tile is a multiple of 64 rows; B (token rows) a multiple of 8 columns.
@@ -109,9 +110,11 @@ def _check(x, weight, config: SkinnyConfig):
         raise ValueError(f"block_k {c.block_k} (a multiple of 64) times split_k {c.split_k} must divide K = {width}")
 
 
-def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig()):
-    """x [M <= MAX_ROWS, K] @ weight [N, K].T -> [M, N] in x's dtype (float32 accumulation), the Mosaic GPU kernel."""
+def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig(), *, pdl: bool | None = None):
+    """x [M <= MAX_ROWS, K] @ weight [N, K].T -> [M, N] in x's dtype (float32 accumulation), the Mosaic GPU kernel.
+    ``pdl``: with the instructions of programmatic dependent launch (default: ``dependent_launch.enabled()``)."""
     _check(x, weight, config)
+    pdl = dependent_launch.enabled() if pdl is None else pdl
     rows, width = x.shape
     num_out = weight.shape[0]
     block_n, block_k, split_k = config.block_n, config.block_k, config.split_k
@@ -123,6 +126,8 @@ def gpu_skinny_gemm(x, weight, config: SkinnyConfig = SkinnyConfig()):
     def body(w_hbm, x_hbm, out_hbm):
         n_tile = lax.axis_index("n")
         k_part = lax.axis_index("k")
+        if pdl:  # before the pipeline's first copy of x, which the predecessor kernel wrote
+            dependent_launch.mosaic_wait_and_release()
 
         def accumulate(acc_ref):
             def step(_, w_smem, x_smem):

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 
 import pytest
 
 from benchmarks import ab_decode
+from ffjax import executables
 
 TINY = ["--shape", "tiny", "--rounds", "1", "--context", "40", "--new", "8"]
 
@@ -63,3 +65,16 @@ def test_a_plan_variant_adds_entries_keyed_as_the_decoder_asks_and_restores_the_
     assert skinny_gemm.PLANS == landed
     with pytest.raises(SystemExit, match="not RxNxK=BN/BK/STEPS/SPLIT"):
         ab_decode.parse_plan_variant("bad:1x2x3=64/256")
+
+
+def test_an_env_switch_and_xla_options_together_give_every_combination(monkeypatch):
+    monkeypatch.setenv("FFJAX_PALLAS_PDL", "off")
+    args = ab_decode.argparse.Namespace(env="FFJAX_PALLAS_PDL=off,on", values=None, skinny_plans=None,
+                                        xla_options=["default", "pdl:xla_gpu_enable_pdl=true"])
+    varied, cases = ab_decode.variants(args)
+    assert varied == "FFJAX_PALLAS_PDL x XLA options"
+    assert [label for label, _ in cases] == ["off/default", "off/pdl", "on/default", "on/pdl"]
+    with cases[3][1]():
+        assert os.environ["FFJAX_PALLAS_PDL"] == "on"
+        assert executables._xla_options == {"xla_gpu_enable_pdl": True}
+    assert executables._xla_options == {}

@@ -1,0 +1,54 @@
+"""Programmatic dependent launch (PDL) in ffjax's Pallas kernels, off by default: a trial switch.
+
+With PDL (Hopper and later) a kernel may start while the kernel before it in the stream is still running, and
+must execute ``griddepcontrol.wait`` before it reads anything that kernel wrote; ``griddepcontrol.launch_dependents``
+lets the kernel after it start early in turn. Both instructions do nothing in a kernel that was not launched with
+PDL, so a kernel that carries them is correct either way. XLA launches its own kernels this way under
+``xla_gpu_enable_pdl``; whether it or Mosaic GPU's runtime launches Pallas kernels this way is what
+``benchmarks/launch_chain_bench.py`` measures. With ``FFJAX_PALLAS_PDL=on`` the decoder's Pallas kernels carry
+the instructions, so an A/B of the decode step can follow that answer.
+
+Each kernel waits before its first load and releases its dependants at once. That is safe because every kernel
+in the chain waits before it releases: when a kernel starts, all kernels before its predecessor have finished.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+PDL_ENV = "FFJAX_PALLAS_PDL"
+_WAIT_THEN_RELEASE = "griddepcontrol.wait; griddepcontrol.launch_dependents;"
+
+
+def enabled() -> bool:
+    """Whether $FFJAX_PALLAS_PDL asks the Pallas kernels for the PDL instructions ("off", the default, or "on")."""
+    mode = os.environ.get(PDL_ENV, "off")
+    if mode not in ("off", "on"):
+        raise ValueError(f"{PDL_ENV} must be off or on, not {mode!r}")
+    return mode == "on"
+
+
+def triton_after_predecessor(index):
+    """``index`` (an int32 scalar inside a Triton-lowered kernel), returned by an inline asm that first waits for
+    the predecessor kernel and releases the successor. Every load whose address is computed from the result is
+    issued after the wait: Triton's inline asm is pure, so only a data dependence orders it."""
+    from jax.experimental.pallas import triton as pltriton
+
+    (routed,) = pltriton.elementwise_inline_asm(
+        f"{_WAIT_THEN_RELEASE} mov.b32 $0, $1;", args=[jnp.full((1,), index, jnp.int32)], constraints="=r,r",
+        pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct((1,), jnp.int32)])
+    return jnp.sum(routed)  # back to a scalar: a rank-0 asm result does not mix with Triton's scalars
+
+
+def mosaic_wait_and_release():
+    """Inside a Mosaic GPU kernel, before its first copy from HBM: the instructions are ordered memory effects."""
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    plgpu.griddepcontrol_wait()
+    plgpu.griddepcontrol_launch_dependents()
+
+
+__all__ = ["PDL_ENV", "enabled", "mosaic_wait_and_release", "triton_after_predecessor"]

@@ -1,0 +1,92 @@
+"""Programmatic dependent launch in the decoder's Pallas kernels (``pallas_kernels.dependent_launch``), a trial
+switch: off by default; with FFJAX_PALLAS_PDL=on each kernel's GPU lowering waits for its predecessor before its
+first load, and without it none does; the Pallas interpreter ignores it; a compiled program under one setting is
+never reused under the other."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ffjax import executables
+from pallas_kernels import dependent_launch, reference, skinny_gemm
+from pallas_kernels.dispatch import append_attention
+from pallas_kernels.gpu_triton import TritonConfig
+from pallas_kernels.gpu_append_attention import append_attention as gpu_append_attention
+from pallas_kernels.residual_rms_norm import gpu_residual_rms_norm, residual_rms_norm
+from pallas_kernels.residual_rms_norm import reference as norm_reference
+
+WAIT = "griddepcontrol.wait"
+
+
+def cuda_lowering(fn, *args) -> str:
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def shape(*dims, dtype=jnp.bfloat16):
+    return jax.ShapeDtypeStruct(dims, dtype)
+
+
+def test_the_switch_is_off_unless_asked_and_refuses_other_values(monkeypatch):
+    monkeypatch.delenv(dependent_launch.PDL_ENV, raising=False)
+    assert not dependent_launch.enabled()
+    monkeypatch.setenv(dependent_launch.PDL_ENV, "on")
+    assert dependent_launch.enabled()
+    monkeypatch.setenv(dependent_launch.PDL_ENV, "yes")
+    with pytest.raises(ValueError, match="FFJAX_PALLAS_PDL must be off or on, not 'yes'"):
+        dependent_launch.enabled()
+
+
+@pytest.mark.parametrize("mode,waits", [("off", 0), ("on", 1)])
+def test_the_residual_norm_waits_only_when_switched_on(monkeypatch, mode, waits):
+    monkeypatch.setenv(dependent_launch.PDL_ENV, mode)
+    text = cuda_lowering(lambda x, d, s: residual_rms_norm(x, d, s, eps=1e-6, rows=2, backend="gpu_triton"),
+                         shape(1, 1, 3584), shape(1, 2, 3584), shape(3584))
+    assert text.count(WAIT) == waits
+
+
+@pytest.mark.parametrize("mode,waits", [("off", 0), ("on", 2)])
+def test_the_decoding_rows_attention_and_its_split_merge_wait_only_when_switched_on(monkeypatch, mode, waits):
+    monkeypatch.setenv(dependent_launch.PDL_ENV, mode)
+    qkv, tables, cache, lengths = shape(1, 2, 36, 128), shape(1, 1, 64, dtype=jnp.float32), \
+        shape(1, 1152, 4, 128), shape(1, dtype=jnp.int32)
+    text = cuda_lowering(lambda *a: append_attention(*a, num_q_heads=28, backend="gpu_triton", out_rows=2)[0],
+                         qkv, tables, tables, cache, cache, lengths, lengths)
+    assert text.count(WAIT) == waits  # one in the attention kernel, one in the merge of its 36 splits
+
+
+@pytest.mark.parametrize("pdl,waits", [(False, 0), (True, 1)])
+def test_the_skinny_gemm_waits_only_when_asked(pdl, waits):
+    config = skinny_gemm.PLANS[(8, 3584, 18944)]
+    text = cuda_lowering(lambda x, w: skinny_gemm.gpu_skinny_gemm(x, w, config, pdl=pdl), shape(1, 18944),
+                         shape(3584, 18944))
+    assert text.count(WAIT) == waits
+
+
+def test_the_interpreter_ignores_the_switch_and_the_kernels_still_compute_the_same(monkeypatch):
+    monkeypatch.setenv(dependent_launch.PDL_ENV, "on")
+    rng = np.random.default_rng(0)
+    x, delta = (jnp.asarray(rng.standard_normal((1, 3, 256)), jnp.float32) for _ in range(2))
+    scale = jnp.asarray(rng.standard_normal(256), jnp.float32)
+    got = gpu_residual_rms_norm(x, delta, scale, eps=1e-6, rows=4, interpret=True, pdl=True)
+    for g, w in zip(got, norm_reference(x, delta, scale, eps=1e-6, rows=4)):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    heads = 6 + 2 * 2
+    qkv = jnp.asarray(rng.standard_normal((1, 1, heads, 32)), jnp.float32)
+    angles = 200 * (1e4 ** -(np.arange(0, 32, 2) / 32))
+    cos, sin = (jnp.asarray(f(angles)[None, None], jnp.float32) for f in (np.cos, np.sin))
+    k_cache, v_cache = (jnp.asarray(rng.standard_normal((1, 256, 2, 32)), jnp.float32) for _ in range(2))
+    args = (qkv, cos, sin, k_cache, v_cache, jnp.array([200], jnp.int32), jnp.array([201], jnp.int32))
+    want, _, _ = reference.append_attention(*args, num_q_heads=6)
+    got, _, _ = gpu_append_attention(*args, num_q_heads=6, interpret=True,
+                                     config=TritonConfig(block_k=32, num_splits=4), pdl=True)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_programs_compiled_under_one_setting_are_not_reused_under_the_other(monkeypatch):
+    monkeypatch.setenv(dependent_launch.PDL_ENV, "off")
+    off = executables.kernel_switches()
+    monkeypatch.setenv(dependent_launch.PDL_ENV, "on")
+    assert executables.kernel_switches() != off
