@@ -12,7 +12,7 @@ under each option set. The slope is the cost of one more kernel in the chain.
 Kinds: ``xla`` (one loop fusion per step, kept apart by optimisation barriers), ``triton`` (a Pallas kernel
 lowered through Triton), ``mosaic`` (a Pallas Mosaic GPU kernel), and ``triton_pdl`` / ``mosaic_pdl``: the same
 kernels with ``griddepcontrol.wait`` before their first read and ``griddepcontrol.launch_dependents`` right
-after it. The instructions do nothing in a kernel that was not launched with PDL, so where a ``_pdl`` chain is
+after it, as ``pallas_kernels.dependent_launch`` puts them in the decoder's kernels (``FFJAX_PALLAS_PDL=on``). The instructions do nothing in a kernel that was not launched with PDL, so where a ``_pdl`` chain is
 faster than its plain one, the kernel was launched that way. ``xla_<kind>`` alternates an XLA fusion with the
 Pallas kernel, as the decode step does; its figure is per kernel too.
 
@@ -35,6 +35,7 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import time_back_to_back  # noqa: E402
+from pallas_kernels import dependent_launch  # noqa: E402
 
 OPTION_SETS = {
     "default": {},
@@ -45,7 +46,6 @@ OPTION_SETS = {
 }
 KINDS = ("xla", "triton", "triton_pdl", "mosaic", "mosaic_pdl",
          "xla_triton", "xla_triton_pdl", "xla_mosaic", "xla_mosaic_pdl")
-_WAIT_THEN_RELEASE = "griddepcontrol.wait; griddepcontrol.launch_dependents;"
 
 
 def xla_step(x):
@@ -58,10 +58,8 @@ def triton_step(x, *, pdl: bool, interpret: bool):
 
     def kernel(x_ref, o_ref):
         offsets = jnp.arange(x.shape[0], dtype=jnp.int32)
-        if pdl:  # the offsets pass through the asm, so no load can be issued before the wait
-            (offsets,) = pltriton.elementwise_inline_asm(
-                f"{_WAIT_THEN_RELEASE} mov.b32 $0, $1;", args=[offsets], constraints="=r,r", pack=1,
-                result_shape_dtypes=[jax.ShapeDtypeStruct(offsets.shape, offsets.dtype)])
+        if pdl:  # the load's offsets pass through the wait, as in the decoder's Triton kernels
+            offsets = offsets + dependent_launch.triton_after_predecessor(jnp.int32(0))
         o_ref[...] = pltriton.load(x_ref.at[offsets]) * 1.0001 + 1.0
 
     return pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype), interpret=interpret,
@@ -80,8 +78,7 @@ def mosaic_step(x, *, pdl: bool, interpret: bool):
     def entry(x_hbm, o_hbm):
         def body(x_smem, ready):
             if pdl:
-                plgpu.griddepcontrol_wait()
-                plgpu.griddepcontrol_launch_dependents()
+                dependent_launch.mosaic_wait_and_release()
             plgpu.copy_gmem_to_smem(x_hbm, x_smem, ready)
             plgpu.barrier_wait(ready)
             x_smem[...] = x_smem[...] * 1.0001 + 1.0
