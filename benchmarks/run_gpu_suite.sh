@@ -6,7 +6,7 @@ set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check flags matvec matvec_modes
+STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check check_pdl flags matvec matvec_modes
 # matvec_7b_ab xla_7b_ab skinny_7b_ab dllm_xla_ab pdl_dllm_ab (one per device call), pdl_chain (a few minutes)
 # attention: kernels_bench at 32k, with tokamax's kernels beside ours where TOKAMAX_WHEELS names a folder of its
 # wheel and its dependencies other than jax (the device has no network: download them here, carry them there).
@@ -26,6 +26,9 @@ for step in $STEPS; do
         --label reference-kernels ;;
     hf) run hf 200 python3 benchmarks/hf_generate_bench.py ;;
     check) run check 240 env PYTHONPATH=. python3 benchmarks/kernels_gpu_check.py --out "$OUT" ;;
+    check_pdl)  # the same checks with the PDL instructions in the kernels (FFJAX_PALLAS_PDL=on)
+      mkdir -p "$OUT/pdl"
+      FFJAX_PALLAS_PDL=on run check_pdl 240 env PYTHONPATH=. python3 benchmarks/kernels_gpu_check.py --out "$OUT/pdl" ;;
     matvec) run matvec 300 python3 benchmarks/matvec_bench.py --shapes qwen2.5-1.5b qwen2.5-7b ;;
     matvec_7b_ab)  # the 7B decode step with decoding-row kernels for some projections against XLA's GEMMs, A/B in
       # one process (auto keeps XLA at 7B from H200 runs; the H100 was never measured). Alone in a device call.
