@@ -30,6 +30,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from pallas_kernels import dependent_launch
 from pallas_kernels import residual_rms_norm as rms
 from pallas_kernels.gpu_triton import _next_power_of_two
 
@@ -122,8 +123,10 @@ def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool, has_no
 
 
 def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_out, block_n, block_k, has_norm,
-            has_residual, swiglu, unroll, weight_eviction):
+            has_residual, swiglu, unroll, weight_eviction, pdl):
     tile, row = pl.program_id(0), pl.program_id(1)
+    if pdl:  # the input row's loads wait for the predecessor kernel; the weight's (never written) need not
+        row = dependent_launch.triton_after_predecessor(row)
     num_chunks = pl.cdiv(width, block_k)
     first = tile * block_n
     out_ok = None if num_out % block_n == 0 else first + jnp.arange(block_n, dtype=jnp.int32) < num_out
@@ -231,11 +234,11 @@ def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_ou
     store(out_refs[-1].at[row, pl.ds(first, block_n)], y, out_ok)
 
 
-@functools.partial(jax.jit, static_argnames=("eps", "swiglu", "interpret", "config"))
+@functools.partial(jax.jit, static_argnames=("eps", "swiglu", "interpret", "config", "pdl"))
 def gpu_matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swiglu: bool = False,
-               interpret: bool = False, config: MatvecConfig = MatvecConfig()):
+               interpret: bool = False, config: MatvecConfig = MatvecConfig(), pdl: bool = False):
     """Same contract as ``reference``; grid (output tile, row). Meant for one row (M = 1): each row re-reads
-    the weight."""
+    the weight. ``pdl``: with the instructions of programmatic dependent launch (``dependent_launch``)."""
     num_rows, width = x.shape
     if weight.shape[1] != width or (swiglu and weight.shape[0] % 2):
         raise ValueError(f"weight {weight.shape} does not fit input rows of {width} features"
@@ -245,7 +248,7 @@ def gpu_matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, 
     cfg = plan(config, num_out=num_out, width=width, swiglu=swiglu, has_norm=has_norm)
     kernel = functools.partial(_kernel, eps=eps, width=width, num_out=num_out, block_n=cfg.block_n,
                                block_k=cfg.block_k, has_norm=has_norm, has_residual=has_residual, swiglu=swiglu,
-                               unroll=cfg.unroll, weight_eviction=cfg.weight_eviction)
+                               unroll=cfg.unroll, weight_eviction=cfg.weight_eviction, pdl=pdl and not interpret)
     # Absent operands are passed as x (never read): one kernel signature for every variant.
     operands = (x, residual if has_residual else x, norm_scale if has_norm else x[0], weight)
     out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype)] if has_norm else []) + [
@@ -269,7 +272,7 @@ def matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, swig
     kwargs = dict(residual=residual, norm_scale=norm_scale, eps=eps, swiglu=swiglu)
     if backend == "reference":
         return reference(x, weight, **kwargs)
-    return gpu_matvec(x, weight, interpret=backend == "interpret", **kwargs)
+    return gpu_matvec(x, weight, interpret=backend == "interpret", pdl=dependent_launch.enabled(), **kwargs)
 
 
 __all__ = ["MatvecConfig", "reference", "gpu_matvec", "matvec", "plan", "rounded_swiglu", "swiglu_product"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ffjax import executables
-from pallas_kernels import dependent_launch, reference, skinny_gemm
+from pallas_kernels import decode_matvec, dependent_launch, reference, skinny_gemm
 from pallas_kernels.dispatch import append_attention
 from pallas_kernels.gpu_triton import TritonConfig
 from pallas_kernels.gpu_append_attention import append_attention as gpu_append_attention
@@ -55,6 +55,15 @@ def test_the_decoding_rows_attention_and_its_split_merge_wait_only_when_switched
     text = cuda_lowering(lambda *a: append_attention(*a, num_q_heads=28, backend="gpu_triton", out_rows=2)[0],
                          qkv, tables, tables, cache, cache, lengths, lengths)
     assert text.count(WAIT) == waits  # one in the attention kernel, one in the merge of its 36 splits
+
+
+@pytest.mark.parametrize("mode,waits", [("off", 0), ("on", 1)])
+def test_the_decoding_row_matvec_waits_only_when_switched_on(monkeypatch, mode, waits):
+    monkeypatch.setenv(dependent_launch.PDL_ENV, mode)
+    text = cuda_lowering(lambda x, r, s, w: decode_matvec.matvec(x, w, residual=r, norm_scale=s, swiglu=True,
+                                                                 backend="gpu_triton"),
+                         shape(1, 1536), shape(1, 1536), shape(1536), shape(2 * 8960, 1536))
+    assert text.count(WAIT) == waits
 
 
 @pytest.mark.parametrize("pdl,waits", [(False, 0), (True, 1)])
