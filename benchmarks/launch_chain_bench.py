@@ -4,7 +4,7 @@ Why. The 7B decode step and the drafter pass are chains of about 12 kernels per 
 almost nothing (split-K sums, norms, SwiGLU, the attention merge) still take 1.4-1.9 µs each (BENCHMARKS.md,
 issues 2 and 3). XLA's programmatic dependent launch (PDL) lets a kernel start before its predecessor ends and
 wait (``griddepcontrol.wait``) only where it reads that predecessor's output. In the 7B step XLA's PDL options
-took only 0.4-0.8% off (thirteenth session). One reason may be that 10 of a layer's 12 kernel boundaries touch
+took only 0.4-0.8% off (thirteenth session). One reason may be that 9 of a 7B layer's 12 kernel boundaries touch
 a Pallas kernel, which XLA may not launch that way. This script asks that question directly: for each kind of
 kernel, a chain of identical tiny kernels, each reading the previous one's output, is timed at two lengths
 under each option set. The slope is the cost of one more kernel in the chain.
