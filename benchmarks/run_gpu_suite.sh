@@ -6,8 +6,9 @@ set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
-STEPS=${STEPS:-"decode kernels hf dllm speculate"}  # also: attention check check_pdl flags matvec matvec_modes
-# matvec_7b_ab xla_7b_ab skinny_7b_ab dllm_xla_ab pdl_dllm_ab (one per device call), pdl_chain (a few minutes)
+STEPS=${STEPS:-"decode kernels hf dllm speculate"}
+# other steps: attention check check_pdl flags matvec matvec_modes pdl_chain
+# one per device call (up to ten minutes each): matvec_7b_ab xla_7b_ab skinny_7b_ab dllm_xla_ab pdl_dllm_ab
 # attention: kernels_bench at 32k, with tokamax's kernels beside ours where TOKAMAX_WHEELS names a folder of its
 # wheel and its dependencies other than jax (the device has no network: download them here, carry them there).
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" | tee "$OUT/suite.log"
