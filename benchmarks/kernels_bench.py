@@ -101,11 +101,13 @@ def implementations(block_size, config, mosaic_config=gpu_mosaic.MosaicConfig())
         del q_start  # see the module docstring: cuDNN gets the padding mask only
         return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_len, implementation="cudnn")
 
-    def mosaic(q, k, v, q_start, kv_len):
+    def mosaic(q, k, v, q_start, kv_len, pdl=False):
         return gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size,
-                                                 config=mosaic_config)
+                                                 config=mosaic_config, pdl=pdl)
 
-    impls = {"pallas_triton": pallas, "pallas_mosaic": mosaic, "xla_reference": xla, "cudnn_prefix_only": cudnn}
+    impls = {"pallas_triton": pallas, "pallas_mosaic": mosaic, "xla_reference": xla, "cudnn_prefix_only": cudnn,
+             # the same kernel and merge with the PDL instructions (pallas_kernels.dependent_launch)
+             "pallas_mosaic_pdl": functools.partial(mosaic, pdl=True)}
     try:  # optional: tokamax's kernels take the exact mask as a per-query key range (k_end)
         stand_in_for_xprof()
         from tokamax._src.ops.attention import api as tokamax_api
@@ -281,6 +283,9 @@ def main():
     parser.add_argument("--mosaic-sweep", action="store_true",
                         help="only time the Mosaic GPU kernel's launch configurations at 32k, Tq 32")
     parser.add_argument("--training", action="store_true", help="also time the block-diffusion training mask")
+    parser.add_argument("--pdl", action="store_true",
+                        help="also time the Mosaic kernel with the PDL instructions (run under XLA_FLAGS with "
+                             "--xla_gpu_enable_pdl=true to let XLA's kernels around it launch early)")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # tokamax parses absl flags from argv, and ours are not its
     print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
@@ -320,6 +325,7 @@ def main():
                 if args.quick and num_queries == 64:
                     continue
                 names = ["pallas_triton", "pallas_mosaic", "xla_reference", "cudnn_prefix_only"]
+                names += ["pallas_mosaic_pdl"] if args.pdl else []
                 if ctx >= 16384:  # tokamax where installed; long contexts only, to bound the run
                     names += [n for n in implementations(None, None) if n.startswith("tokamax_")]
                 try:

@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/ffjax-bench}
 mkdir -p "$OUT"
 STEPS=${STEPS:-"decode kernels hf dllm speculate"}
-# other steps: attention check check_pdl flags matvec matvec_modes pdl_chain
+# other steps: attention attention_pdl check check_pdl flags matvec matvec_modes pdl_chain
 # one per device call (up to ten minutes each): matvec_7b_ab xla_7b_ab skinny_7b_ab dllm_xla_ab pdl_dllm_ab
 # attention: kernels_bench at 32k, with tokamax's kernels beside ours where TOKAMAX_WHEELS names a folder of its
 # wheel and its dependencies other than jax (the device has no network: download them here, carry them there).
@@ -72,6 +72,10 @@ for step in $STEPS; do
         python3 -m pip install -q --no-deps --no-index --target "$site" "$TOKAMAX_WHEELS"/*.whl 2>&1 | tail -3
       fi
       run attention 420 env PYTHONPATH=".:$site" python3 benchmarks/kernels_bench.py --contexts 32768 --out "$OUT" ;;
+    attention_pdl)  # the 32k table with the Mosaic kernel also carrying the PDL instructions, XLA's PDL on (issue 5)
+      mkdir -p "$OUT/pdl"
+      XLA_FLAGS="--xla_gpu_enable_pdl=true --xla_gpu_enable_pdl_launch=true" run attention_pdl 420 \
+        env PYTHONPATH=. python3 benchmarks/kernels_bench.py --contexts 32768 --pdl --out "$OUT/pdl" ;;
     dllm) run dllm 240 python3 benchmarks/dllm_bench.py ;;
     speculate) run speculate 300 python3 benchmarks/speculate_bench.py ;;
     *) echo "unknown step $step" ;;

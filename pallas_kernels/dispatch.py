@@ -99,7 +99,7 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
 
         if gpu_mosaic.supports(q.shape, k.shape, q.dtype) and q.dtype == k.dtype == v.dtype:
             return gpu_mosaic.prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, scale=scale,
-                                                     interpret=interpret)
+                                                     interpret=interpret, pdl=dependent_launch.enabled())
         return prefix_block_attention(q, k, v, q_start, kv_len, block_size=block_size, scale=scale,
                                       interpret=interpret, backend=_fitting("gpu_triton", q.shape[-1], min_head_dim=16))
     if backend == "tpu_mosaic":

@@ -40,6 +40,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels import dependent_launch
 from pallas_kernels.gpu_triton import _choose_num_splits, _sm_count, merge_splits_to_heads
 from pallas_kernels.query_rows import check_shapes, from_rows, to_rows, visible_key_end
 
@@ -74,10 +75,12 @@ def _interpret_params(interpret):
     return interpret or None
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "scale", "interpret", "config"))
+@functools.partial(jax.jit, static_argnames=("block_size", "scale", "interpret", "config", "pdl"))
 def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=None, interpret=False,
-                           config: MosaicConfig = MosaicConfig()):
-    """Same contract as ``pallas_kernels.reference.prefix_block_attention``; runs the Mosaic GPU kernel."""
+                           config: MosaicConfig = MosaicConfig(), pdl: bool = False):
+    """Same contract as ``pallas_kernels.reference.prefix_block_attention``; runs the Mosaic GPU kernel.
+    ``pdl``: it and the split merge carry the instructions of programmatic dependent launch
+    (``dependent_launch``)."""
     check_shapes(q, k, v, q_start, kv_len)
     if not supports(q.shape, k.shape, q.dtype, config) or not q.dtype == k.dtype == v.dtype:
         raise ValueError(f"the Mosaic GPU kernel takes bf16/f16 q, k, v of one dtype, head_dim a multiple of 64 "
@@ -117,6 +120,8 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
     def kernel(q_start_ref, kv_len_ref, q_hbm, k_hbm, v_hbm, out_hbm, lse_hbm, scoped):
         smem, (k_ready, v_ready, q_ready), (k_free, v_free), schedule_bar = scoped
         q_smem_all, k_smem, v_smem, lse_smem_all = smem
+        if pdl and not interpret:  # every warpgroup, before the first copy of q or of the cache (both may be new)
+            dependent_launch.mosaic_wait_and_release()
         warpgroup = lax.axis_index("wg")
         tile_and_split = lax.axis_index("rs")
         row_tile = lax.rem(tile_and_split, jnp.int32(row_tiles))
@@ -292,7 +297,7 @@ def prefix_block_attention(q, k, v, q_start, kv_len, *, block_size=None, scale=N
     if num_splits == 1:
         return from_rows(partial_out[:, :, 0, :num_rows], num_queries)
     return merge_splits_to_heads(partial_out, partial_lse, num_tokens=num_queries, group=group, rows_per_token=group,
-                                 out_dtype=dtype, interpret=bool(interpret))
+                                 out_dtype=dtype, interpret=bool(interpret), pdl=pdl)
 
 
 __all__ = ["MosaicConfig", "prefix_block_attention", "supports"]

@@ -5,6 +5,8 @@ never reused under the other."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,3 +101,15 @@ def test_programs_compiled_under_one_setting_are_not_reused_under_the_other(monk
     off = executables.kernel_switches()
     monkeypatch.setenv(dependent_launch.PDL_ENV, "on")
     assert executables.kernel_switches() != off
+
+
+@pytest.mark.parametrize("mode,waits", [("off", 0), ("on", 1)])
+def test_the_mosaic_attention_and_its_split_merge_wait_only_when_switched_on(monkeypatch, mode, waits):
+    from pallas_kernels import dispatch
+    monkeypatch.setenv(dependent_launch.PDL_ENV, mode)
+    q, cache, lengths = shape(1, 32, 28, 128), shape(1, 4096, 4, 128), shape(1, dtype=jnp.int32)
+    text = cuda_lowering(lambda *a: dispatch.prefix_block_attention(*a, backend="gpu_mosaic"),
+                         q, cache, cache, lengths, lengths)
+    calls = {re.search(r"custom_call @(\S+)\(", line).group(1): line.count(WAIT)
+             for line in text.splitlines() if "custom_call @" in line}
+    assert calls == {"mosaic_gpu_v2": waits, "__gpu$xla.gpu.triton": waits}  # the kernel, then the merge
