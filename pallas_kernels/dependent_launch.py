@@ -8,7 +8,8 @@ PDL, so a kernel that carries them is correct either way. XLA launches its own k
 ``benchmarks/launch_chain_bench.py`` measures. With ``FFJAX_PALLAS_PDL=on`` the decoder's Pallas kernels carry
 the instructions, so an A/B of the decode step can follow that answer.
 
-Each kernel waits before its first load and releases its dependants at once. That is safe because every kernel
+Each kernel waits before its first load of anything its predecessor may have written (weights, and caches written
+in earlier steps, may be read before) and releases its dependants right after. That is safe because every kernel
 in the chain waits before it releases: when a kernel starts, all kernels before its predecessor have finished.
 """
 
