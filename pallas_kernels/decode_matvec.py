@@ -123,10 +123,10 @@ def plan(config: MatvecConfig, *, num_out: int, width: int, swiglu: bool, has_no
 
 
 def _kernel(x_ref, residual_ref, scale_ref, w_ref, *out_refs, eps, width, num_out, block_n, block_k, has_norm,
-            has_residual, swiglu, unroll, weight_eviction, pdl):
+            has_residual, swiglu, unroll, weight_eviction, pdl, interpret):
     tile, row = pl.program_id(0), pl.program_id(1)
     if pdl:  # the input row's loads wait for the predecessor kernel; the weight's (never written) need not
-        row = dependent_launch.triton_after_predecessor(row)
+        row = dependent_launch.triton_after_predecessor(row, interpret=interpret)
     num_chunks = pl.cdiv(width, block_k)
     first = tile * block_n
     out_ok = None if num_out % block_n == 0 else first + jnp.arange(block_n, dtype=jnp.int32) < num_out
@@ -248,7 +248,8 @@ def gpu_matvec(x, weight, *, residual=None, norm_scale=None, eps: float = 1e-6, 
     cfg = plan(config, num_out=num_out, width=width, swiglu=swiglu, has_norm=has_norm)
     kernel = functools.partial(_kernel, eps=eps, width=width, num_out=num_out, block_n=cfg.block_n,
                                block_k=cfg.block_k, has_norm=has_norm, has_residual=has_residual, swiglu=swiglu,
-                               unroll=cfg.unroll, weight_eviction=cfg.weight_eviction, pdl=pdl and not interpret)
+                               unroll=cfg.unroll, weight_eviction=cfg.weight_eviction, pdl=pdl,
+                               interpret=interpret)
     # Absent operands are passed as x (never read): one kernel signature for every variant.
     operands = (x, residual if has_residual else x, norm_scale if has_norm else x[0], weight)
     out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype)] if has_norm else []) + [

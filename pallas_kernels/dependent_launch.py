@@ -32,16 +32,22 @@ def enabled() -> bool:
     return mode == "on"
 
 
-def triton_after_predecessor(index):
-    """``index`` (an int32 scalar inside a Triton-lowered kernel), returned by an inline asm that first waits for
-    the predecessor kernel and releases the successor. Every load whose address is computed from the result is
-    issued after the wait: Triton's inline asm is pure, so only a data dependence orders it."""
+def triton_after_predecessor(*indices, interpret: bool = False):
+    """``indices`` (int32 scalars inside a Triton-lowered kernel), each plus a zero that an inline asm returns
+    after it has waited for the predecessor kernel and released the successor. Every load whose address is
+    computed from a result is issued after the wait: Triton's inline asm is pure, so only a data dependence orders
+    it. Returns one index for one, else a tuple. ``interpret``: the indices unchanged (the Pallas interpreter has
+    no asm), so the rest of a kernel's PDL variant still runs in CPU tests."""
     from jax.experimental.pallas import triton as pltriton
 
-    (routed,) = pltriton.elementwise_inline_asm(
-        f"{_WAIT_THEN_RELEASE} mov.b32 $0, $1;", args=[jnp.full((1,), index, jnp.int32)], constraints="=r,r",
+    if interpret:
+        return indices[0] if len(indices) == 1 else indices
+    (zero,) = pltriton.elementwise_inline_asm(
+        f"{_WAIT_THEN_RELEASE} mov.b32 $0, $1;", args=[jnp.zeros((1,), jnp.int32)], constraints="=r,r",
         pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct((1,), jnp.int32)])
-    return jnp.sum(routed)  # back to a scalar: a rank-0 asm result does not mix with Triton's scalars
+    zero = jnp.sum(zero)  # back to a scalar: a rank-0 asm result does not mix with Triton's scalars
+    routed = tuple(index + zero for index in indices)
+    return routed[0] if len(routed) == 1 else routed
 
 
 def mosaic_wait_and_release():

@@ -41,13 +41,18 @@ def _rotate(x1, x2, cos, sin, dtype):
 
 def _kernel(q_start_ref, kv_len_ref, qkv_ref, bias_ref, cos_ref, sin_ref, k_in_ref, v_in_ref,
             o_ref, lse_ref, k_out_ref, v_out_ref, *, scale, block_size, num_tokens, num_q_heads, num_kv_heads,
-            group, group_pad, block_t, block_k, num_splits, precision, pdl):
+            group, group_pad, block_t, block_k, num_splits, precision, pdl, interpret):
     tile, split, kv_head = pl.program_id(0), pl.program_id(1), pl.program_id(2) % num_kv_heads
-    if pdl:  # the block's rows (its projections, RoPE tables) come from the tile: those loads wait for the
-        # predecessor kernel. The cache and q_start/kv_len were written before it, so they need not.
-        tile = dependent_launch.triton_after_predecessor(tile)
+    if pdl:  # the block's rows (projections, RoPE tables) come from the tile, and q_start/kv_len (then whole
+        # [B] arrays) from the batch row: those loads wait for the predecessor kernel. The cache below q_start
+        # was written by earlier steps, so its loads need not.
+        tile, batch_row = dependent_launch.triton_after_predecessor(tile, pl.program_id(2) // num_kv_heads,
+                                                                    interpret=interpret)
+        q_start, kv_len = q_start_ref[batch_row], kv_len_ref[batch_row]
+    else:
+        q_start, kv_len = q_start_ref[()], kv_len_ref[()]
     num_keys = k_in_ref.shape[0]
-    q_start, kv_len = q_start_ref[()], jnp.minimum(kv_len_ref[()], num_keys)  # keys past the cache: dropped
+    kv_len = jnp.minimum(kv_len, num_keys)  # keys past the cache: dropped
     half = qkv_ref.shape[-1] // 2
     dtype = k_in_ref.dtype
     block_m = block_t * group_pad
@@ -234,16 +239,18 @@ def append_attention(qkv, cos, sin, k_cache, v_cache, q_start, kv_len, *, num_q_
     kernel = functools.partial(
         _kernel, scale=scale, block_size=block_size, num_tokens=num_tokens, num_q_heads=num_q_heads,
         num_kv_heads=num_kv_heads, group=group, group_pad=group_pad, block_t=block_t, block_k=block_k,
-        num_splits=cfg.num_splits, precision=precision, pdl=pdl and not interpret)
+        num_splits=cfg.num_splits, precision=precision, pdl=pdl, interpret=bool(interpret))
     batch_of = lambda bh: bh // num_kv_heads  # noqa: E731
     head_of = lambda bh: bh % num_kv_heads  # noqa: E731
     per_row = lambda *shape: pl.BlockSpec(  # noqa: E731
         (None, *shape), lambda t, s, bh: (batch_of(bh),) + (0,) * len(shape))
     cache_spec = pl.BlockSpec((None, num_keys, None, head_dim), lambda t, s, bh: (batch_of(bh), 0, head_of(bh), 0))
+    # With PDL the kernel indexes q_start and kv_len itself, after the wait (a block's index is computed before).
+    lengths_spec = pl.BlockSpec((batch,), lambda t, s, bh: (0,)) if pdl else per_row()
     partial_out, partial_lse, k_cache, v_cache = pl.pallas_call(
         kernel,
         grid=(num_tiles, cfg.num_splits, batch * num_kv_heads),
-        in_specs=[per_row(), per_row(), per_row(qkv_rows, num_heads, head_dim),
+        in_specs=[lengths_spec, lengths_spec, per_row(qkv_rows, num_heads, head_dim),
                   pl.BlockSpec((num_heads, head_dim), lambda t, s, bh: (0, 0)), per_row(num_tokens, head_dim // 2),
                   per_row(num_tokens, head_dim // 2), cache_spec, cache_spec],
         out_specs=[

@@ -181,10 +181,11 @@ def merge_splits(partial_out, partial_lse):
     return merged / jnp.where(total > 0.0, total, 1.0)[..., None]
 
 
-def _merge_kernel(lse_ref, partial_ref, o_ref, *, num_splits, num_kv_heads, group, rows_per_token, num_tokens, pdl):
+def _merge_kernel(lse_ref, partial_ref, o_ref, *, num_splits, num_kv_heads, group, rows_per_token, num_tokens, pdl,
+                  interpret):
     kv_head, token, head = pl.program_id(0) % num_kv_heads, pl.program_id(1), pl.program_id(2)
     if pdl:  # every load's row comes from the token, so all of them wait for the predecessor kernel
-        token = dependent_launch.triton_after_predecessor(token)
+        token = dependent_launch.triton_after_predecessor(token, interpret=interpret)
     merge = functools.partial(_merge_row, lse_ref, partial_ref, o_ref, kv_head, token, head, num_splits=num_splits,
                               group=group, rows_per_token=rows_per_token)
     if o_ref.shape[0] == num_tokens:  # no padding rows
@@ -231,7 +232,8 @@ def merge_splits_to_heads(partial_out, partial_lse, *, num_tokens: int, group: i
         raise ValueError(f"out_rows ({out_rows}) must be at least num_tokens ({num_tokens})")
     num_q_heads = num_kv_heads * group
     kernel = functools.partial(_merge_kernel, num_splits=num_splits, num_kv_heads=num_kv_heads, group=group,
-                               rows_per_token=rows_per_token, num_tokens=num_tokens, pdl=pdl and not interpret)
+                               rows_per_token=rows_per_token, num_tokens=num_tokens, pdl=pdl,
+                               interpret=interpret)
     per_head = lambda *shape: pl.BlockSpec(  # noqa: E731
         (None, None, *shape), lambda bh, t, g: (bh // num_kv_heads, bh % num_kv_heads) + (0,) * len(shape))
     return pl.pallas_call(

@@ -36,10 +36,11 @@ def reference(x, delta, scale, *, eps: float, rows: int | None = None):
     return total, normed
 
 
-def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, num_tokens, has_delta, pdl):
+def _kernel(x_ref, delta_ref, scale_ref, total_ref, normed_ref, *, eps, width, num_tokens, has_delta, pdl,
+            interpret):
     token = pl.program_id(1)
     if pdl:  # every load's row comes from the token, so all of them wait for the predecessor kernel
-        token = dependent_launch.triton_after_predecessor(token)
+        token = dependent_launch.triton_after_predecessor(token, interpret=interpret)
     lanes = jnp.arange(_next_power_of_two(width), dtype=jnp.int32)
     in_row = lanes < width
     row = pl.ds(0, lanes.shape[0])
@@ -71,7 +72,7 @@ def gpu_residual_rms_norm(x, delta, scale, *, eps: float, rows: int | None = Non
     rows = max(rows or num_tokens, num_tokens)
     has_delta = delta is not None
     kernel = functools.partial(_kernel, eps=eps, width=width, num_tokens=num_tokens, has_delta=has_delta,
-                               pdl=pdl and not interpret)
+                               pdl=pdl, interpret=interpret)
     delta = x if delta is None else delta
     per_batch = lambda tokens: pl.BlockSpec((None, tokens, width), lambda b, t: (b, 0, 0))  # noqa: E731
     total, normed = pl.pallas_call(

@@ -19,6 +19,7 @@ from pallas_kernels.gpu_triton import TritonConfig
 from pallas_kernels.gpu_append_attention import append_attention as gpu_append_attention
 from pallas_kernels.residual_rms_norm import gpu_residual_rms_norm, residual_rms_norm
 from pallas_kernels.residual_rms_norm import reference as norm_reference
+from tests.test_append_attention import make_inputs
 
 WAIT = "griddepcontrol.wait"
 
@@ -76,24 +77,33 @@ def test_the_skinny_gemm_waits_only_when_asked(pdl, waits):
     assert text.count(WAIT) == waits
 
 
-def test_the_interpreter_ignores_the_switch_and_the_kernels_still_compute_the_same(monkeypatch):
-    monkeypatch.setenv(dependent_launch.PDL_ENV, "on")
+def test_each_kernels_pdl_variant_computes_the_same_in_the_interpreter():
+    """The interpreter has no asm, so the wait itself is left out there; the rest of each variant runs: the
+    routed indices, and the attention's own indexing of q_start and kv_len per batch row (ragged here)."""
     rng = np.random.default_rng(0)
-    x, delta = (jnp.asarray(rng.standard_normal((1, 3, 256)), jnp.float32) for _ in range(2))
+    x, delta = (jnp.asarray(rng.standard_normal((2, 3, 256)), jnp.float32) for _ in range(2))
     scale = jnp.asarray(rng.standard_normal(256), jnp.float32)
     got = gpu_residual_rms_norm(x, delta, scale, eps=1e-6, rows=4, interpret=True, pdl=True)
     for g, w in zip(got, norm_reference(x, delta, scale, eps=1e-6, rows=4)):
         np.testing.assert_allclose(g, w, atol=1e-5)
-    heads = 6 + 2 * 2
-    qkv = jnp.asarray(rng.standard_normal((1, 1, heads, 32)), jnp.float32)
-    angles = 200 * (1e4 ** -(np.arange(0, 32, 2) / 32))
-    cos, sin = (jnp.asarray(f(angles)[None, None], jnp.float32) for f in (np.cos, np.sin))
-    k_cache, v_cache = (jnp.asarray(rng.standard_normal((1, 256, 2, 32)), jnp.float32) for _ in range(2))
-    args = (qkv, cos, sin, k_cache, v_cache, jnp.array([200], jnp.int32), jnp.array([201], jnp.int32))
-    want, _, _ = reference.append_attention(*args, num_q_heads=6)
-    got, _, _ = gpu_append_attention(*args, num_q_heads=6, interpret=True,
-                                     config=TritonConfig(block_k=32, num_splits=4), pdl=True)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    qkv, qkv_bias, cos, sin, k_cache, v_cache = make_inputs(3, batch=2, tokens=5, num_q_heads=6, num_kv_heads=2,
+                                                            head_dim=32, cache_length=256, q_start=[200, 37],
+                                                            dtype=jnp.float32)
+    args = (qkv, cos, sin, k_cache, v_cache, jnp.array([200, 37], jnp.int32), jnp.array([205, 40], jnp.int32))
+    want = reference.append_attention(*args, num_q_heads=6, qkv_bias=qkv_bias)
+    got = gpu_append_attention(*args, num_q_heads=6, qkv_bias=qkv_bias, interpret=True,
+                               config=TritonConfig(block_k=32, num_splits=4), pdl=True)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+
+    row, residual = (jnp.asarray(rng.standard_normal((1, 256)), jnp.float32) for _ in range(2))
+    weight = jnp.asarray(rng.standard_normal((2 * 192, 256)) / 16, jnp.float32)
+    got = decode_matvec.gpu_matvec(row, weight, residual=residual, norm_scale=scale, swiglu=True, interpret=True,
+                                   pdl=True)
+    want = decode_matvec.reference(row, weight, residual=residual, norm_scale=scale, swiglu=True)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-4)
 
 
 def test_programs_compiled_under_one_setting_are_not_reused_under_the_other(monkeypatch):
